@@ -1,0 +1,17 @@
+"""d2nb: detectron2 in notebooks.
+
+Modules, one per stage of the work:
+
+- ``d2nb.data``: the synthetic dataset, dataset registration, formats and validation.
+- ``d2nb.zoo``: the model-zoo catalogue and config/weights resolution.
+- ``d2nb.train``: training settings, the trainer and its live monitor.
+- ``d2nb.devices``: which GPUs to use.
+- ``d2nb.install``: getting detectron2 itself onto a machine (Colab, a fresh venv).
+
+Importing ``d2nb`` does not import detectron2, so ``d2nb.install`` works before it exists.
+"""
+
+from d2nb.errors import D2nbError
+
+__version__ = "0.1.0"
+__all__ = ["D2nbError", "__version__"]

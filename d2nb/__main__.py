@@ -1,0 +1,5 @@
+import sys
+
+from d2nb.cli import main
+
+sys.exit(main())

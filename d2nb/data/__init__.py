@@ -1,0 +1,108 @@
+"""Datasets: the synthetic default, registration, and turning a user's choice into names.
+
+``resolve_dataset()`` is what the training and evaluation notebooks call with their
+``dataset`` parameter. It accepts, in this order:
+
+- ``"synthetic"``: the embedded default dataset (generated on first use, no download);
+- a name already in detectron2's ``DatasetCatalog`` (builtin ones such as
+  ``coco_2017_train`` read ``$DETECTRON2_DATASETS``, default ``./datasets``);
+- a path to a COCO json (images in ``image_root``, default the json's folder);
+- a folder exported as train/valid/test splits, each holding a COCO json (Roboflow's layout).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from d2nb.data.register import (
+    class_names, find_roboflow_splits, has_masks, read_coco_json, register_coco_json,
+    register_roboflow_folder,
+)
+from d2nb.data.synthetic import CLASS_NAMES, SyntheticSpec, default_datasets_root, make_synthetic_dataset
+from d2nb.errors import D2nbError
+
+SYNTHETIC = "synthetic"
+SYNTHETIC_TRAIN = "d2nb_synthetic_train"
+SYNTHETIC_VAL = "d2nb_synthetic_val"
+
+__all__ = [
+    "CLASS_NAMES", "DatasetChoice", "SYNTHETIC", "SYNTHETIC_TRAIN", "SYNTHETIC_VAL", "SyntheticSpec",
+    "class_names", "default_datasets_root", "has_masks", "make_synthetic_dataset", "read_coco_json",
+    "register_coco_json", "register_roboflow_folder", "register_synthetic", "resolve_dataset",
+]
+
+
+@dataclass
+class DatasetChoice:
+    """The registered names a run trains and evaluates on, and what they hold."""
+
+    train: str
+    val: str | None
+    class_names: list = field(default_factory=list)
+    has_masks: bool = True
+
+
+def register_synthetic(spec: SyntheticSpec = SyntheticSpec(), root=None) -> DatasetChoice:
+    """Generate (or reuse) the synthetic dataset and register its train and val splits."""
+    splits = make_synthetic_dataset(spec, root)
+    register_coco_json(SYNTHETIC_TRAIN, *splits["train"])
+    register_coco_json(SYNTHETIC_VAL, *splits["val"])
+    return DatasetChoice(SYNTHETIC_TRAIN, SYNTHETIC_VAL, list(CLASS_NAMES), True)
+
+
+def resolve_dataset(dataset=SYNTHETIC, val_dataset=None, image_root=None,
+                    synthetic: SyntheticSpec = SyntheticSpec()) -> DatasetChoice:
+    """Register what ``dataset`` names and return the train/val names to use.
+
+    ``val_dataset`` may be any of the same kinds; left out, it is the synthetic val split,
+    a Roboflow folder's ``valid`` (else ``test``) split, or ``<name>_val`` for a registered
+    ``<name>_train``. Raises ``D2nbError`` naming the value and the accepted kinds.
+    """
+    from detectron2.data import DatasetCatalog
+
+    dataset = SYNTHETIC if dataset in (None, "") else dataset
+    if dataset == SYNTHETIC:
+        choice = register_synthetic(synthetic)
+    elif isinstance(dataset, str) and dataset in DatasetCatalog.list():
+        choice = _describe(dataset, _guess_val_name(dataset))
+    elif Path(str(dataset)).suffix == ".json":
+        name = Path(dataset).stem.replace("_annotations.coco", Path(dataset).parent.name)
+        choice = _describe(register_coco_json(name, dataset, image_root), None)
+    elif Path(str(dataset)).is_dir() and find_roboflow_splits(dataset):
+        names = register_roboflow_folder(dataset)
+        choice = _describe(names["train"], names.get("valid") or names.get("test"))
+    else:
+        from difflib import get_close_matches
+        close = get_close_matches(str(dataset), DatasetCatalog.list(), n=3)
+        raise D2nbError(
+            f"dataset {dataset!r} is neither 'synthetic', a registered dataset name, "
+            "a COCO json file, nor a folder with train/valid/test COCO splits"
+            + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""),
+            "pass dataset='synthetic', a name from DatasetCatalog.list(), a path ending in "
+            ".json (with image_root= its image folder), or a Roboflow export folder")
+    if val_dataset not in (None, ""):
+        choice.val = resolve_dataset(val_dataset, image_root=image_root, synthetic=synthetic).train
+    return choice
+
+
+def _guess_val_name(train_name: str):
+    from detectron2.data import DatasetCatalog
+
+    if train_name.endswith("_train"):
+        for suffix in ("_val", "_valid", "_test"):
+            candidate = train_name[: -len("_train")] + suffix
+            if candidate in DatasetCatalog.list():
+                return candidate
+    return None
+
+
+def _describe(train: str, val) -> DatasetChoice:
+    from detectron2.data import MetadataCatalog
+
+    meta = MetadataCatalog.get(train)
+    json_file = getattr(meta, "json_file", None)
+    masks = True
+    if json_file and Path(json_file).is_file():
+        masks = has_masks(read_coco_json(json_file))
+    return DatasetChoice(train, val, list(getattr(meta, "thing_classes", []) or []), masks)

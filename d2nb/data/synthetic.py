@@ -1,0 +1,200 @@
+"""The embedded default dataset: coloured shapes with polygon masks, made on the spot.
+
+``make_synthetic_dataset()`` writes a standard COCO instances json and PNG images for a
+train and a val split. The same arguments always give the same bytes (every image draws
+from its own seeded generator), so a dataset made once is reused from disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+CLASS_NAMES = ("circle", "triangle", "square", "star")
+SPLITS = ("train", "val")
+_SUBPIXEL_BITS = 4  # cv2.fillPoly fixed-point precision: polygons drawn to 1/16 pixel
+_MAX_HIDDEN_FRACTION = 0.4  # a new shape may hide at most this much of an earlier one
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """What to generate. The defaults are the embedded default dataset."""
+
+    num_train: int = 200
+    num_val: int = 50
+    height: int = 128
+    width: int = 128
+    max_shapes: int = 6
+    seed: int = 0
+
+    @property
+    def folder_name(self) -> str:
+        return (f"d2nb_synthetic_{self.height}x{self.width}_{self.num_train}+{self.num_val}"
+                f"_max{self.max_shapes}_seed{self.seed}")
+
+
+def default_datasets_root() -> Path:
+    """``$DETECTRON2_DATASETS`` (detectron2's own variable), else ``./datasets``."""
+    return Path(os.environ.get("DETECTRON2_DATASETS", "datasets")).expanduser()
+
+
+def make_synthetic_dataset(spec: SyntheticSpec = SyntheticSpec(), root=None) -> dict:
+    """Write (or reuse) the synthetic dataset under ``root``; return its split files.
+
+    Returns ``{"train": (json_path, image_dir), "val": (json_path, image_dir)}``.
+    The folder is written under a temporary name and renamed when complete, so an
+    interrupted run never leaves a half-written dataset that a later run would trust.
+    """
+    root = Path(root) if root is not None else default_datasets_root()
+    folder = root / spec.folder_name
+    splits = {s: (str(folder / f"{s}.json"), str(folder / s)) for s in SPLITS}
+    if (folder / "spec.json").is_file():
+        return splits
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
+    try:
+        for split_index, split in enumerate(SPLITS):
+            count = spec.num_train if split == "train" else spec.num_val
+            _write_split(staging, split, split_index, count, spec)
+        (staging / "spec.json").write_text(json.dumps(asdict(spec), indent=1))
+        try:
+            staging.rename(folder)
+        except OSError:  # another process finished the same dataset first: use theirs
+            if not (folder / "spec.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return splits
+
+
+def _write_split(folder: Path, split: str, split_index: int, count: int, spec: SyntheticSpec):
+    (folder / split).mkdir(parents=True)
+    images, annotations = [], []
+    for image_index in range(count):
+        rng = np.random.default_rng([spec.seed, split_index, image_index])
+        image, instances = draw_scene(rng, spec.height, spec.width, spec.max_shapes)
+        file_name = f"{image_index:05d}.png"
+        cv2.imwrite(str(folder / split / file_name), image[:, :, ::-1])  # RGB -> BGR for cv2
+        image_id = image_index + 1
+        images.append({"id": image_id, "file_name": file_name,
+                       "height": spec.height, "width": spec.width})
+        for category_id, polygons, bbox, area in instances:
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": image_id, "category_id": category_id,
+                "segmentation": polygons, "bbox": bbox, "area": area, "iscrowd": 0,
+            })
+    categories = [{"id": i + 1, "name": n, "supercategory": "shape"}
+                  for i, n in enumerate(CLASS_NAMES)]
+    coco = {"info": {"description": f"d2nb synthetic shapes ({split})"},
+            "images": images, "annotations": annotations, "categories": categories}
+    (folder / f"{split}.json").write_text(json.dumps(coco))
+
+
+def draw_scene(rng: np.random.Generator, height: int, width: int, max_shapes: int):
+    """Draw one image; return (RGB uint8 image, [(category_id, polygons, bbox, area)])."""
+    image = _background(rng, height, width)
+    placed = []  # (category_id, polygon, full mask)
+    for _ in range(int(rng.integers(1, max_shapes + 1))):
+        for _attempt in range(10):
+            category_index = int(rng.integers(len(CLASS_NAMES)))
+            polygon = _shape_polygon(rng, CLASS_NAMES[category_index], height, width)
+            mask = _fill(np.zeros((height, width), np.uint8), polygon, 1)
+            if mask.sum() < 12:
+                continue
+            if all((m & mask).sum() <= _MAX_HIDDEN_FRACTION * m.sum() for _, _, m in placed):
+                break
+        else:
+            continue
+        colour = _contrasting_colour(rng, image, mask)
+        _fill(image, polygon, colour)
+        placed.append((category_index + 1, polygon, mask))
+    return image, _visible_instances(placed, height, width)
+
+
+def _visible_instances(placed, height, width):
+    instances = []
+    for index, (category_id, polygon, mask) in enumerate(placed):
+        covered = np.zeros_like(mask)
+        for _, _, later in placed[index + 1:]:
+            covered |= later
+        visible = mask & (1 - covered)
+        if not covered.any() or not (covered & mask).any():
+            clipped = polygon.copy()
+            clipped[:, 0] = clipped[:, 0].clip(0, width)
+            clipped[:, 1] = clipped[:, 1].clip(0, height)
+            polygons = [clipped.round(2).ravel().tolist()]
+            x0, y0 = clipped.min(axis=0)
+            x1, y1 = clipped.max(axis=0)
+        else:  # partly hidden: the annotation is the visible region, as COCO annotates it
+            contours, _ = cv2.findContours(visible, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            polygons = [(c.reshape(-1, 2) + 0.5).ravel().tolist() for c in contours if len(c) >= 3]
+            if not polygons:
+                continue
+            ys, xs = np.nonzero(visible)
+            x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+        bbox = [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
+        instances.append((category_id, polygons, [round(v, 2) for v in bbox], float(visible.sum())))
+    return instances
+
+
+def _fill(image: np.ndarray, polygon: np.ndarray, colour) -> np.ndarray:
+    points = np.round(polygon * (1 << _SUBPIXEL_BITS)).astype(np.int32)
+    # fillPoly samples pixel centres at integer coordinates; COCO pixels are centred at +0.5
+    points -= 1 << (_SUBPIXEL_BITS - 1)
+    cv2.fillPoly(image, [points], colour, lineType=cv2.LINE_8, shift=_SUBPIXEL_BITS)
+    return image
+
+
+def _shape_polygon(rng, name: str, height: int, width: int) -> np.ndarray:
+    size = rng.uniform(0.15, 0.5) * min(height, width)
+    centre = rng.uniform([size * 0.3, size * 0.3], [width - size * 0.3, height - size * 0.3])
+    angle = rng.uniform(0, 2 * np.pi)
+    if name == "circle":
+        theta = np.linspace(0, 2 * np.pi, 32, endpoint=False)
+        radii = np.full(32, size / 2)
+    elif name == "triangle":
+        theta = np.array([0, 2 * np.pi / 3, 4 * np.pi / 3]) + rng.uniform(-0.25, 0.25, 3)
+        radii = np.full(3, size / 2 * 1.15)
+    elif name == "square":
+        theta = np.array([0.25, 0.75, 1.25, 1.75]) * np.pi
+        radii = np.full(4, size / 2 * 1.2)
+    elif name == "star":
+        theta = np.linspace(0, 2 * np.pi, 10, endpoint=False)
+        radii = np.where(np.arange(10) % 2 == 0, size / 2 * 1.2, size / 2 * 0.5)
+    else:
+        raise ValueError(f"unknown synthetic shape {name!r}; known: {CLASS_NAMES}")
+    theta = theta + angle
+    return np.stack([centre[0] + radii * np.cos(theta), centre[1] + radii * np.sin(theta)], axis=1)
+
+
+def _background(rng, height: int, width: int) -> np.ndarray:
+    kind = rng.integers(3)
+    base = rng.integers(0, 256, 3)
+    if kind == 0:  # flat colour
+        return np.broadcast_to(base.astype(np.uint8), (height, width, 3)).copy()
+    if kind == 1:  # linear gradient between two colours
+        other = rng.integers(0, 256, 3)
+        direction = rng.normal(size=2)
+        ys, xs = np.mgrid[0:height, 0:width]
+        t = xs * direction[0] + ys * direction[1]
+        t = (t - t.min()) / max(np.ptp(t), 1e-6)
+        return (base + (other - base) * t[..., None]).astype(np.uint8)
+    noise = rng.normal(0, 30, (height // 16 + 2, width // 16 + 2, 3))  # smooth mottled texture
+    noise = cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC)
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def _contrasting_colour(rng, image: np.ndarray, mask: np.ndarray):
+    under = image[mask.astype(bool)].mean(axis=0)
+    for _ in range(20):
+        colour = rng.integers(0, 256, 3)
+        if np.abs(colour - under).sum() > 150:
+            break
+    return tuple(int(c) for c in colour)

@@ -1,0 +1,78 @@
+"""Getting detectron2 onto a machine, and making a notebook kernel ready for d2nb.
+
+detectron2 is not on PyPI; users install it from its GitHub repository. ``ensure_detectron2``
+does that only when ``import detectron2`` fails (Colab, a fresh virtual environment), at the
+commit pinned here, without build isolation so that it compiles against the torch that is
+already installed. Where detectron2 is present (or there is no network) it changes nothing.
+
+    python -m d2nb.install          # from a shell
+    d2nb.install.setup_notebook()   # first cell of every notebook
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+from d2nb.errors import D2nbError
+
+DETECTRON2_REPOSITORY = "https://github.com/facebookresearch/detectron2"
+DETECTRON2_COMMIT = "02b5c4e295e990042a714712c21dc79b731e8833"
+
+
+def detectron2_requirement() -> str:
+    """The pip requirement for the pinned detectron2 commit."""
+    return f"detectron2 @ git+{DETECTRON2_REPOSITORY}.git@{DETECTRON2_COMMIT}"
+
+
+def detectron2_installed() -> bool:
+    return importlib.util.find_spec("detectron2") is not None
+
+
+def ensure_detectron2(run=subprocess.run) -> bool:
+    """Install the pinned detectron2 if it cannot be imported; return True if it installed it.
+
+    Raises ``D2nbError`` when pip fails (most often: no network to GitHub, or no compiler).
+    """
+    if detectron2_installed():
+        return False
+    command = [sys.executable, "-m", "pip", "install", "--no-build-isolation", detectron2_requirement()]
+    print("detectron2 is not installed; installing it from GitHub (a few minutes):\n  " + " ".join(command))
+    completed = run(command)
+    if completed.returncode != 0:
+        raise D2nbError(
+            f"pip could not install detectron2 from {DETECTRON2_REPOSITORY} (exit code {completed.returncode})",
+            "check that this machine reaches github.com and has a C++ compiler and torch installed, "
+            "or install detectron2 by hand as its INSTALL.md describes, then run this again")
+    importlib.invalidate_caches()
+    return True
+
+
+def in_colab() -> bool:
+    return "google.colab" in sys.modules
+
+
+def setup_notebook() -> None:
+    """Make a kernel ready: detectron2 present, and ipywidgets 8 rendering in Colab."""
+    ensure_detectron2()
+    if in_colab():
+        from google.colab import output  # noqa: F401  (only exists in Colab)
+
+        output.enable_custom_widget_manager()
+
+
+def main(argv=None) -> int:
+    try:
+        installed = ensure_detectron2()
+    except D2nbError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    import detectron2
+
+    print(("installed" if installed else "already installed") + f": detectron2 {detectron2.__version__}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
