@@ -78,7 +78,7 @@ class TrainingCurves:
             "lr": last.get("lr"),
             "seconds_per_iter": seconds_per_iter,
             "eta_seconds": last.get("eta_seconds", seconds_per_iter * remaining if times else None),
-            "max_mem_mb": last.get("max_mem_mb"),
+            "max_mem_mb": next((r["max_mem_mb"] for r in reversed(recent) if r.get("max_mem_mb")), None),
         }
 
     def status_text(self) -> str:
@@ -193,13 +193,16 @@ class LiveMonitor(HookBase):
 
     def after_step(self):
         begin = time.perf_counter()
-        self.curves.add(_row_from_storage(self.trainer.storage, self.trainer.iter))
+        row = _row_from_storage(self.trainer.storage, self.trainer.iter)
+        self.curves.add(row)
         if begin - self._last_status >= self.status_interval:
+            row["max_mem_mb"] = _max_memory_mb()
             self.view.show_status(self.curves.status_text())
             self._last_status = begin
             self.status_updates += 1
         elapsed = begin - self._started
-        if self.view.enabled and begin - self._last_plot >= self._plot_cost / self.max_overhead:
+        first = self.plots_drawn == 0 and elapsed >= self.status_interval  # show a plot early
+        if self.view.enabled and (first or begin - self._last_plot >= self._plot_cost / self.max_overhead):
             self._draw()
             self._plot_cost = time.perf_counter() - begin
             self._last_plot = time.perf_counter()
@@ -227,7 +230,6 @@ def _row_from_storage(storage, iteration: int) -> dict:
     for key, (value, at) in storage.latest().items():
         if at == iteration and (key.startswith("loss") or key in ("total_loss", "lr", "time")):
             row[key] = float(value)
-    row["max_mem_mb"] = _max_memory_mb()
     return row
 
 

@@ -20,7 +20,8 @@ import logging
 import os
 import sys
 import threading
-from dataclasses import asdict, dataclass, field, fields
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from detectron2.engine import DefaultTrainer
@@ -53,8 +54,12 @@ class TrainSettings:
       checkpoint for model-zoo configs, the config's own ``MODEL.WEIGHTS`` otherwise.
     - ``max_iter``, ``ims_per_batch``: ``None`` = the recipe's values; for model-zoo configs
       1000 iterations and 2 images per GPU (a fine-tuning schedule, not COCO's 90k).
-    - ``base_lr``: ``None`` = 0.02 x ims_per_batch / 16, the linear scaling rule.
+    - ``base_lr``: ``None`` = 0.02 x ims_per_batch / 16, the linear scaling rule (for the
+      AdamW CPU recipe, its own reference lr scaled by the same rule; see ``default_base_lr``).
+    - ``amp``: mixed precision; ``fast``: every GPU speed-up that keeps the loss curve (AMP,
+      cuDNN autotuning, TF32, masks rasterised in the loader workers, more workers).
     - ``opts``: ``["KEY", "VALUE", ...]`` as train_net.py takes them; applied last, so they win.
+    - ``synthetic_size``: image size of the synthetic dataset (default 128 px).
     """
 
     gpus: int | None = None
@@ -69,6 +74,7 @@ class TrainSettings:
     base_lr: float | None = None
     resume: bool = False
     amp: bool = False
+    fast: bool = False
     eval_period: int = 0
     checkpoint_period: int | None = None
     seed: int = 0
@@ -79,7 +85,17 @@ class TrainSettings:
     dist_url: str = "auto"
     opts: list = field(default_factory=list)
     monitor: bool = True
+    synthetic_size: int | list | None = None
     synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
+
+    def synthetic_spec(self) -> SyntheticSpec:
+        """The synthetic dataset to use: ``synthetic``, resized to ``synthetic_size`` (pixels,
+        or ``[height, width]``) when given, e.g. ``[480, 640]`` for full-resolution GPU runs."""
+        if not self.synthetic_size:
+            return self.synthetic
+        size = self.synthetic_size
+        height, width = (size, size) if isinstance(size, int) else size
+        return replace(self.synthetic, height=int(height), width=int(width))
 
     @classmethod
     def from_values(cls, values: dict) -> "TrainSettings":
@@ -96,6 +112,8 @@ class TrainResult:
     metrics: dict
     interrupted: bool = False
     monitor_overhead: float | None = None
+    train_seconds: float | None = None  # wall-clock of the training loop, evaluation at the end included
+    iterations_run: int | None = None
 
     @property
     def model_final(self) -> str:
@@ -118,7 +136,7 @@ def build_config(settings: TrainSettings):
         cfg.MODEL.WEIGHTS = weights
 
     data = resolve_dataset(settings.dataset, settings.val_dataset, settings.image_root,
-                           settings.synthetic)
+                           settings.synthetic_spec())
     cfg.DATASETS.TRAIN = (data.train,)
     cfg.DATASETS.TEST = (data.val,) if data.val else ()
     if data.class_names:
@@ -128,6 +146,8 @@ def build_config(settings: TrainSettings):
     if not data.has_masks:  # boxes only: train a box model rather than fail on empty masks
         cfg.MODEL.MASK_ON = False
 
+    processes_for_norm = _processes(gpus, settings) * settings.num_machines
+    _from_scratch_norm(cfg, processes_for_norm)
     recipe = zoo_name is None
     processes = _processes(gpus, settings)
     ims = settings.ims_per_batch or (
@@ -140,9 +160,11 @@ def build_config(settings: TrainSettings):
     max_iter = settings.max_iter or (cfg.SOLVER.MAX_ITER if recipe else FINE_TUNE_MAX_ITER)
     _check_positive_int("max_iter", max_iter)
     _scale_schedule(cfg, max_iter)
+    cfg.SOLVER.BASE_LR = float(settings.base_lr) if settings.base_lr else default_base_lr(cfg, ims)
     cfg.SOLVER.IMS_PER_BATCH = ims
-    cfg.SOLVER.BASE_LR = float(settings.base_lr) if settings.base_lr else 0.02 * ims / 16
     cfg.SOLVER.AMP.ENABLED = bool(settings.amp)
+    if settings.fast and gpus:
+        apply_fast_mode(cfg)
     cfg.SOLVER.CHECKPOINT_PERIOD = settings.checkpoint_period or max(1, max_iter // 3)
     cfg.TEST.EVAL_PERIOD = int(settings.eval_period or 0)
     if settings.num_workers is not None:
@@ -160,6 +182,61 @@ def build_config(settings: TrainSettings):
     return cfg
 
 
+FAST_MODE_WORKERS = 8  # measured on the lent H100 (benchmarks/RESULTS.md): more gained nothing
+
+
+def apply_fast_mode(cfg) -> None:
+    """GPU speed-ups that leave the model and its loss curve as they are:
+
+    - mixed precision (``SOLVER.AMP``);
+    - cuDNN autotuning (``CUDNN_BENCHMARK``) and TF32 matrix products;
+    - masks rasterised once in the data-loading workers (``INPUT.MASK_FORMAT bitmask``) rather
+      than polygon by polygon in the training process at every step, which profiling showed
+      to be the largest CPU cost of a Mask R-CNN step;
+    - enough data-loading workers to keep the GPU fed.
+    """
+    cfg.SOLVER.AMP.ENABLED = True
+    cfg.CUDNN_BENCHMARK = True
+    cfg.INPUT.MASK_FORMAT = "bitmask"
+    cfg.DATALOADER.NUM_WORKERS = max(cfg.DATALOADER.NUM_WORKERS, min(FAST_MODE_WORKERS, os.cpu_count() or 1))
+
+
+def _enable_tf32(cfg) -> None:
+    import torch
+
+    if cfg.MODEL.DEVICE == "cuda" and cfg.CUDNN_BENCHMARK:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+
+def _from_scratch_norm(cfg, processes: int) -> None:
+    """Model-zoo backbones use FrozenBN: statistics frozen from ImageNet weights. Without
+    weights those are identities, activations grow through every block and training diverges
+    at once (losses in the hundreds, then "Predicted boxes or scores contain Inf/NaN"). When
+    training from scratch, use batch statistics instead, as detectron2's scratch configs do."""
+    if cfg.MODEL.WEIGHTS or cfg.MODEL.RESNETS.NORM != "FrozenBN":
+        return
+    cfg.MODEL.RESNETS.NORM = "SyncBN" if processes > 1 else "BN"
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    logger.warning("Training from scratch: MODEL.RESNETS.NORM FrozenBN -> %s and BACKBONE.FREEZE_AT -> 0 "
+                   "(frozen statistics without pretrained weights diverge). Pass opts to override.",
+                   cfg.MODEL.RESNETS.NORM)
+
+
+def optimizer_name(cfg) -> str:
+    return cfg.SOLVER.get("OPTIMIZER", "SGD")
+
+
+def default_base_lr(cfg, ims_per_batch: int) -> float:
+    """The linear scaling rule: 0.02 x ims_per_batch / 16 for SGD (detectron2's reference, the
+    seed's ``IMS_PER_BATCH 2 BASE_LR 0.0025``). An AdamW recipe scales its own reference the
+    same way: its BASE_LR x ims_per_batch / its IMS_PER_BATCH."""
+    if optimizer_name(cfg) == "SGD":
+        return 0.02 * ims_per_batch / 16
+    return cfg.SOLVER.BASE_LR * ims_per_batch / cfg.SOLVER.IMS_PER_BATCH
+
+
 def _processes(gpus: int, settings: TrainSettings) -> int:
     return gpus if gpus else max(1, int(settings.cpu_processes))
 
@@ -173,7 +250,8 @@ def _check_positive_int(name, value):
 def _scale_schedule(cfg, max_iter: int) -> None:
     """Keep the config's LR steps at the same fractions of training when max_iter changes."""
     old = cfg.SOLVER.MAX_ITER
-    cfg.SOLVER.STEPS = tuple(s * max_iter // old for s in cfg.SOLVER.STEPS if s < old)
+    scaled = {s * max_iter // old for s in cfg.SOLVER.STEPS if s < old}
+    cfg.SOLVER.STEPS = tuple(sorted(s for s in scaled if 0 < s < max_iter))  # strictly increasing
     cfg.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, max(1, max_iter // 10))
     cfg.SOLVER.MAX_ITER = max_iter
 
@@ -269,6 +347,7 @@ def _train_in_process(cfg, settings: TrainSettings, extra_hooks: list, rank: int
     if comm.is_main_process():
         Path(cfg.OUTPUT_DIR, "config.yaml").write_text(cfg.dump())
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
+    _enable_tf32(cfg)
     monitor = None
     if settings.monitor and comm.is_main_process():
         monitor = LiveMonitor(os.path.join(cfg.OUTPUT_DIR, "training_curves.png"),
@@ -279,14 +358,19 @@ def _train_in_process(cfg, settings: TrainSettings, extra_hooks: list, rank: int
     trainer = Trainer(cfg, extra_hooks)
     trainer.resume_or_load(resume=settings.resume)
     interrupted = False
+    started, first_iter = time.perf_counter(), trainer.start_iter
     try:
         trainer.train()
     except KeyboardInterrupt:
         interrupted = True
         _save_after_interrupt(trainer)
     metrics = getattr(trainer, "_last_eval_results", None) or {}
-    return TrainResult(cfg.OUTPUT_DIR, trainer.iter, _plain(metrics), interrupted,
-                       monitor.overhead if monitor else None)
+    result = TrainResult(cfg.OUTPUT_DIR, trainer.iter, _plain(metrics), interrupted,
+                         monitor.overhead if monitor else None, time.perf_counter() - started,
+                         trainer.iter - first_iter)
+    if comm.is_main_process():
+        Path(cfg.OUTPUT_DIR, "d2nb_result.json").write_text(json.dumps(asdict(result), indent=1))
+    return result
 
 
 def _save_after_interrupt(trainer) -> None:
@@ -325,6 +409,20 @@ class Trainer(DefaultTrainer):
         self.checkpointer = AtomicCheckpointer(self.checkpointer.model, self.cfg.OUTPUT_DIR,
                                                trainer=self.checkpointer.checkpointables["trainer"])
         return super().build_hooks() + self._extra_hooks
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """SGD as detectron2 builds it, or AdamW where the config says ``SOLVER.OPTIMIZER: AdamW``
+        (d2nb's from-scratch CPU recipe: it converges in far fewer steps than SGD)."""
+        if optimizer_name(cfg) != "AdamW":
+            return super().build_optimizer(cfg, model)
+        import torch
+        from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+
+        params = get_default_optimizer_params(model, base_lr=cfg.SOLVER.BASE_LR,
+                                              weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM)
+        return maybe_add_gradient_clipping(
+            cfg, torch.optim.AdamW(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -387,6 +485,7 @@ def _launch_processes(cfg, settings: TrainSettings, processes: int) -> TrainResu
     position = os.path.getsize(metrics_file) if settings.resume and os.path.exists(metrics_file) else 0
     if not settings.resume and os.path.exists(metrics_file):
         os.remove(metrics_file)  # a fresh run starts a fresh metrics file, as the live view reads it
+    Path(cfg.OUTPUT_DIR, "d2nb_result.json").unlink(missing_ok=True)  # rank 0 writes a fresh one
     payload = json.dumps(_settings_payload(settings))
     failure = []
 
@@ -430,6 +529,4 @@ def _distributed_main(payload: str) -> None:
     if not settings.gpus:  # CPU processes share the cores instead of each taking all of them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
     cfg = build_config(settings)
-    result = _train_in_process(cfg, settings, [], rank=comm.get_rank())
-    if comm.is_main_process():
-        Path(cfg.OUTPUT_DIR, "d2nb_result.json").write_text(json.dumps(asdict(result)))
+    _train_in_process(cfg, settings, [], rank=comm.get_rank())  # rank 0 writes d2nb_result.json

@@ -21,6 +21,7 @@ CLASS_NAMES = ("circle", "triangle", "square", "star")
 SPLITS = ("train", "val")
 _SUBPIXEL_BITS = 4  # cv2.fillPoly fixed-point precision: polygons drawn to 1/16 pixel
 _MAX_HIDDEN_FRACTION = 0.4  # a new shape may hide at most this much of an earlier one
+GENERATOR_VERSION = 2  # part of the folder name: a changed generator never reuses old files
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,12 @@ class SyntheticSpec:
     num_val: int = 50
     height: int = 128
     width: int = 128
-    max_shapes: int = 6
+    max_shapes: int = 5
     seed: int = 0
 
     @property
     def folder_name(self) -> str:
-        return (f"d2nb_synthetic_{self.height}x{self.width}_{self.num_train}+{self.num_val}"
+        return (f"d2nb_synthetic_v{GENERATOR_VERSION}_{self.height}x{self.width}_{self.num_train}+{self.num_val}"
                 f"_max{self.max_shapes}_seed{self.seed}")
 
 
@@ -153,7 +154,7 @@ def _fill(image: np.ndarray, polygon: np.ndarray, colour) -> np.ndarray:
 
 
 def _shape_polygon(rng, name: str, height: int, width: int) -> np.ndarray:
-    size = rng.uniform(0.15, 0.5) * min(height, width)
+    size = rng.uniform(0.25, 0.6) * min(height, width)
     centre = rng.uniform([size * 0.3, size * 0.3], [width - size * 0.3, height - size * 0.3])
     angle = rng.uniform(0, 2 * np.pi)
     if name == "circle":
