@@ -56,8 +56,8 @@ class TrainSettings:
       1000 iterations and 2 images per GPU (a fine-tuning schedule, not COCO's 90k).
     - ``base_lr``: ``None`` = 0.02 x ims_per_batch / 16, the linear scaling rule (for the
       AdamW CPU recipe, its own reference lr scaled by the same rule; see ``default_base_lr``).
-    - ``amp``: mixed precision; ``fast``: every GPU speed-up that keeps the loss curve (AMP,
-      cuDNN autotuning, TF32, masks rasterised in the loader workers, more workers).
+    - ``amp``: mixed precision; ``fast``: GPU speed-ups that keep the loss curve (AMP, TF32,
+      more data-loading workers; see ``apply_fast_mode``).
     - ``opts``: ``["KEY", "VALUE", ...]`` as train_net.py takes them; applied last, so they win.
     - ``synthetic_size``: image size of the synthetic dataset (default 128 px).
     """
@@ -182,32 +182,30 @@ def build_config(settings: TrainSettings):
     return cfg
 
 
-FAST_MODE_WORKERS = 8  # measured on the lent H100 (benchmarks/RESULTS.md): more gained nothing
+FAST_MODE_WORKERS = 8  # the lent H100 has 16 cores; detectron2's configs ask for 4
 
 
 def apply_fast_mode(cfg) -> None:
-    """GPU speed-ups that leave the model and its loss curve as they are:
+    """GPU speed-ups that leave the model and its loss curve as they are: mixed precision
+    (``SOLVER.AMP``), TF32 matrix products, and more data-loading workers.
 
-    - mixed precision (``SOLVER.AMP``);
-    - cuDNN autotuning (``CUDNN_BENCHMARK``) and TF32 matrix products;
-    - masks rasterised once in the data-loading workers (``INPUT.MASK_FORMAT bitmask``) rather
-      than polygon by polygon in the training process at every step, which profiling showed
-      to be the largest CPU cost of a Mask R-CNN step;
-    - enough data-loading workers to keep the GPU fed.
+    Measured on the lent H100 (benchmarks/RESULTS.md): cuDNN autotuning plus bitmask targets
+    made Mask R-CNN steps nearly twice as slow (input sizes change every step, so autotuning
+    never settles), so neither is part of fast mode.
     """
     cfg.SOLVER.AMP.ENABLED = True
-    cfg.CUDNN_BENCHMARK = True
-    cfg.INPUT.MASK_FORMAT = "bitmask"
     cfg.DATALOADER.NUM_WORKERS = max(cfg.DATALOADER.NUM_WORKERS, min(FAST_MODE_WORKERS, os.cpu_count() or 1))
+    cfg.set_new_allowed(True)
+    cfg.D2NB_TF32 = True
+    cfg.set_new_allowed(False)
 
 
 def _enable_tf32(cfg) -> None:
     import torch
 
-    if cfg.MODEL.DEVICE == "cuda" and cfg.CUDNN_BENCHMARK:
+    if cfg.MODEL.DEVICE == "cuda" and cfg.get("D2NB_TF32", False):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
 
 
 def _from_scratch_norm(cfg, processes: int) -> None:
@@ -517,6 +515,15 @@ def _settings_payload(settings: TrainSettings) -> dict:
     return payload
 
 
+def _allow_cpu_ddp() -> None:
+    """detectron2's create_ddp_model always passes ``device_ids=[local_rank]``, which DDP
+    refuses for a CPU model; over gloo on the CPU the model must be wrapped without them."""
+    import detectron2.engine.defaults as defaults
+    from detectron2.engine.defaults import create_ddp_model
+
+    defaults.create_ddp_model = lambda model, **kwargs: create_ddp_model(model, device_ids=None, **kwargs)
+
+
 def _distributed_main(payload: str) -> None:
     """Entry point of each launched process (importable, so that spawn can find it)."""
     import torch
@@ -528,5 +535,6 @@ def _distributed_main(payload: str) -> None:
     settings.monitor = False  # the notebook's process draws the live view from metrics.json
     if not settings.gpus:  # CPU processes share the cores instead of each taking all of them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
+        _allow_cpu_ddp()
     cfg = build_config(settings)
     _train_in_process(cfg, settings, [], rank=comm.get_rank())  # rank 0 writes d2nb_result.json

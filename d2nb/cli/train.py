@@ -39,8 +39,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        ("num_workers", int), ("cpu_processes", int)):
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(defaults, name))
     p.add_argument("--amp", action="store_true", help="mixed precision (GPU)")
-    p.add_argument("--fast", action="store_true", help="GPU speed-ups that keep the loss curve (AMP, cuDNN "
-                                                       "autotuning, TF32, bitmask targets, more workers)")
+    p.add_argument("--fast", action="store_true", help="GPU speed-ups that keep the loss curve (AMP, TF32, more workers)")
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                    help="KEY VALUE config options, applied last, as train_net.py takes them")
     return p

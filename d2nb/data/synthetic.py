@@ -18,10 +18,13 @@ import cv2
 import numpy as np
 
 CLASS_NAMES = ("circle", "triangle", "square", "star")
+# Each class has its own hue family (OpenCV hue, 0-180): shape and colour both tell the class,
+# which lets a small model trained from scratch on two CPU cores learn it in minutes.
+CLASS_HUES = (0, 60, 110, 28)
 SPLITS = ("train", "val")
 _SUBPIXEL_BITS = 4  # cv2.fillPoly fixed-point precision: polygons drawn to 1/16 pixel
-_MAX_HIDDEN_FRACTION = 0.4  # a new shape may hide at most this much of an earlier one
-GENERATOR_VERSION = 2  # part of the folder name: a changed generator never reuses old files
+_MAX_HIDDEN_FRACTION = 0.25 # a new shape may hide at most this much of an earlier one
+GENERATOR_VERSION = 4  # part of the folder name: a changed generator never reuses old files
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ def draw_scene(rng: np.random.Generator, height: int, width: int, max_shapes: in
                 break
         else:
             continue
-        colour = _contrasting_colour(rng, image, mask)
+        colour = _contrasting_colour(rng, image, mask, CLASS_HUES[category_index])
         _fill(image, polygon, colour)
         placed.append((category_index + 1, polygon, mask))
     return image, _visible_instances(placed, height, width)
@@ -192,10 +195,14 @@ def _background(rng, height: int, width: int) -> np.ndarray:
     return np.clip(base + noise, 0, 255).astype(np.uint8)
 
 
-def _contrasting_colour(rng, image: np.ndarray, mask: np.ndarray):
+def _contrasting_colour(rng, image: np.ndarray, mask: np.ndarray, hue: int):
+    """A colour of the class's hue family (saturation and brightness vary) that stands out
+    from what lies under the shape."""
     under = image[mask.astype(bool)].mean(axis=0)
     for _ in range(20):
-        colour = rng.integers(0, 256, 3)
+        hsv = np.array([[[(hue + rng.integers(-12, 13)) % 180, rng.integers(110, 256), rng.integers(110, 256)]]],
+                       dtype=np.uint8)
+        colour = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(int)
         if np.abs(colour - under).sum() > 150:
             break
     return tuple(int(c) for c in colour)
