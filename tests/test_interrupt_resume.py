@@ -43,6 +43,6 @@ def test_interrupt_saves_a_checkpoint_and_resume_finishes_on_the_same_schedule(t
     iterations = [r["iteration"] for r in rows if "lr" in r]
     assert iterations[-1] == 11
     # the LR schedule continued where it stopped: one scheduler, 12 steps in all
-    assert saved["scheduler"]["last_epoch"] == 7
-    assert final["scheduler"]["last_epoch"] == 12
+    assert saved["trainer"]["hooks"]["LRScheduler"]["last_epoch"] == 7
+    assert final["trainer"]["hooks"]["LRScheduler"]["last_epoch"] == 12
     assert second.metrics and "bbox" in second.metrics
