@@ -31,7 +31,7 @@ def datasets_root(tmp_path_factory):
         os.environ["DETECTRON2_DATASETS"] = old
 
 
-def run_notebook(name: str, output_notebook: Path, parameters: dict, timeout: int = 900):
+def run_notebook(name: str, output_notebook: Path, parameters: dict, timeout: int = 1800):
     """Run notebooks/<name> under papermill in a real kernel; return the executed notebook."""
     command = [sys.executable, "-m", "papermill", str(NOTEBOOKS / name), str(output_notebook),
                "--cwd", str(ROOT), "-k", "python3", "--no-progress-bar"]
