@@ -1,0 +1,212 @@
+"""Inference speed: the threshold explorer's redraw, and batched against one-at-a-time prediction.
+
+Two measurements, each against a baseline in the same process:
+
+- ``redraw``: one slider move of the threshold explorer on a 1-megapixel picture
+  (``draw_predictions`` + JPEG encoding, and the widget's own round trip), against
+  detectron2's ``Visualizer.draw_instance_predictions`` on the same instances. The instances
+  are the synthetic generator's shapes drawn at 1000 x 1000 px with random scores, so the
+  masks have real outlines. Target: at most 50 ms.
+- ``predict``: images/s of ``Predictor.predict`` with ``--batch`` pictures per forward pass
+  and with one, against detectron2's ``DefaultPredictor`` (what demo.py runs, one picture at
+  a time), on the same model and pictures; on a GPU also with AMP.
+
+    python benchmarks/bench_inference.py                       # CPU: the d2nb recipe at 128 px
+    python benchmarks/bench_inference.py --config COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml \\
+        --weights none --size 480x640 --images 64 --batch 8 --out benchmarks/results/inference_h100.json
+
+``--weights none`` times a randomly initialised model (no download); ``--config`` may be a
+training output folder for a trained one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def timed(function, repeats: int) -> float:
+    """Median wall-clock milliseconds of ``repeats`` calls, after one warm-up call."""
+    function()
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
+
+
+def megapixel_prediction(instances: int, seed: int = 0):
+    """A 1000 x 1000 synthetic scene whose shapes become ``instances`` predictions."""
+    import cv2
+
+    from d2nb.data.synthetic import CLASS_NAMES, draw_scene
+    from d2nb.predict import prediction_from_arrays
+
+    rng = np.random.default_rng(seed)
+    image, boxes, masks, classes = None, [], [], []
+    while len(boxes) < instances:
+        scene, shapes = draw_scene(rng, 1000, 1000, 8)
+        image = scene if image is None else image
+        for category_id, polygons, (x, y, w, h), _ in shapes[: instances - len(boxes)]:
+            mask = np.zeros((1000, 1000), np.uint8)
+            cv2.fillPoly(mask, [np.round(np.array(p).reshape(-1, 2)).astype(np.int32) for p in polygons], 1)
+            boxes.append((x, y, x + w, y + h))
+            masks.append(mask.astype(bool))
+            classes.append(category_id - 1)
+    scores = rng.uniform(0.05, 1.0, instances)
+    return prediction_from_arrays(image, boxes, scores, classes, list(CLASS_NAMES), np.stack(masks), "1mp.png")
+
+
+def bench_redraw(instances: int, repeats: int) -> dict:
+    from detectron2.structures import Boxes, Instances
+    from detectron2.utils.visualizer import Visualizer
+
+    from d2nb.draw import draw_predictions, encode_jpeg
+    from d2nb.widgets.inference import ThresholdExplorer
+
+    prediction = megapixel_prediction(instances)
+    thresholds = iter(np.tile([0.3, 0.31], 1000))  # the slider nudged: about the same instances as draw_ms
+    explorer = ThresholdExplorer([prediction], score_threshold=0.5)
+
+    def slider_move():
+        explorer.slider.value = float(next(thresholds))
+
+    kept = prediction.kept(0.3)
+    detectron2_instances = Instances(prediction.image.shape[:2], pred_boxes=Boxes(prediction.boxes[kept]),
+                                     scores=prediction.scores[kept], pred_classes=prediction.classes[kept],
+                                     pred_masks=np.stack([prediction.full_mask(i) for i in kept]))
+
+    def visualizer():
+        Visualizer(prediction.image).draw_instance_predictions(detectron2_instances).get_image()
+
+    result = {
+        "picture": f"{prediction.image.shape[1]}x{prediction.image.shape[0]}", "instances": instances,
+        "draw_ms": timed(lambda: draw_predictions(prediction, 0.3), repeats),
+        "draw_and_jpeg_ms": timed(lambda: encode_jpeg(draw_predictions(prediction, 0.3)), repeats),
+        "slider_move_ms": timed(slider_move, repeats),
+        "detectron2_visualizer_ms": timed(visualizer, max(3, repeats // 5)),
+    }
+    result["visualizer_vs_slider"] = result["detectron2_visualizer_ms"] / result["slider_move_ms"]
+    return result
+
+
+def bench_predict(args) -> dict:
+    import torch
+    from detectron2.engine import DefaultPredictor
+
+    from d2nb.data.synthetic import draw_scene
+    from d2nb.predict import Predictor
+    from d2nb.zoo import CPU_RECIPE
+
+    height, width = map(int, args.size.split("x"))
+    rng = np.random.default_rng(0)
+    pictures = [draw_scene(rng, height, width, 5)[0] for _ in range(args.images)]
+    weights = args.weights if args.weights is not None else ("none" if args.config == CPU_RECIPE else None)
+    torch.manual_seed(0)  # random weights: the same for d2nb and the baseline (seeded alike below)
+    predictor = Predictor(args.config, weights, device=args.device, score_floor=args.score_floor)
+
+    def images_per_second(batch: int, amp: bool = False) -> float:
+        predictor.amp = amp and predictor.device.startswith("cuda")
+        predictor.predict(pictures[:batch], batch_size=batch, progress=False)  # warm-up
+        predictor.set_score_floor(predictor.score_floor)  # empty the cache: every picture runs
+        _sync(torch)
+        started = time.perf_counter()
+        found = predictor.predict(pictures, batch_size=batch, progress=False)
+        _sync(torch)
+        seconds = time.perf_counter() - started
+        result[f"detections_per_picture_batch{batch}" + ("_amp" if amp else "")] = sum(map(len, found)) / len(found)
+        return len(pictures) / seconds
+
+    result = {"config": predictor.choice.label, "device": predictor.device, "pictures": args.images,
+              "size": args.size, "batch": args.batch, "score_floor": args.score_floor}
+    result["one_at_a_time_images_s"] = images_per_second(1)
+    result["batched_images_s"] = images_per_second(args.batch)
+    if predictor.device.startswith("cuda"):
+        result["batched_amp_images_s"] = images_per_second(args.batch, amp=True)
+    torch.manual_seed(0)
+    baseline = DefaultPredictor(_detectron2_cfg(predictor))
+    baseline(pictures[0][:, :, ::-1])
+    _sync(torch)
+    started = time.perf_counter()
+    for picture in pictures:
+        baseline(np.ascontiguousarray(picture[:, :, ::-1]))  # DefaultPredictor takes BGR
+    _sync(torch)
+    result["detectron2_default_predictor_images_s"] = len(pictures) / (time.perf_counter() - started)
+    result["batched_vs_one_at_a_time"] = result["batched_images_s"] / result["one_at_a_time_images_s"]
+    result["batched_vs_default_predictor"] = result["batched_images_s"] / result["detectron2_default_predictor_images_s"]
+    return result
+
+
+def _detectron2_cfg(predictor):
+    """The same model as detectron2 would build it for demo.py: the config, the weights,
+    the same score floor (so both keep the same detections)."""
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.set_new_allowed(True)
+    cfg.merge_from_file(predictor.choice.config)
+    cfg.MODEL.WEIGHTS = predictor.choice.weights or ""
+    cfg.MODEL.DEVICE = predictor.device
+    if not cfg.MODEL.WEIGHTS and cfg.MODEL.RESNETS.NORM == "FrozenBN":
+        cfg.MODEL.RESNETS.NORM = "BN"
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = predictor.score_floor
+    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = predictor.score_floor
+    return cfg
+
+
+def _sync(torch):
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="mask_rcnn_R_18_FPN_cpu.yaml")
+    parser.add_argument("--weights", default=None,
+                        help="default: the config's own (a run's model_final.pth, the zoo checkpoint); "
+                             "'none' for random weights, which the d2nb recipe gets by default")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--size", default="128x128", help="HxW of the pictures to predict")
+    parser.add_argument("--images", type=int, default=48)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--instances", type=int, default=20, help="instances on the 1-megapixel picture")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--score-floor", type=float, default=0.05,
+                        help="lowest score kept; 0 keeps 100 detections per picture even for random weights")
+    parser.add_argument("--skip", choices=["redraw", "predict"], default=None)
+    parser.add_argument("--out", default=None, help="write the results as json here")
+    args = parser.parse_args(argv)
+    import torch
+
+    results = {"machine": {"platform": platform.platform(), "torch": torch.__version__,
+                           "threads": torch.get_num_threads(),
+                           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}}
+    if args.skip != "redraw":
+        results["redraw"] = bench_redraw(args.instances, args.repeats)
+        r = results["redraw"]
+        print(f"redraw of a {r['picture']} picture, {r['instances']} instances: draw {r['draw_ms']:.1f} ms, "
+              f"draw+JPEG {r['draw_and_jpeg_ms']:.1f} ms, slider move {r['slider_move_ms']:.1f} ms (target <= 50); "
+              f"detectron2 Visualizer {r['detectron2_visualizer_ms']:.0f} ms (x{r['visualizer_vs_slider']:.1f} slower)")
+    if args.skip != "predict":
+        results["predict"] = bench_predict(args)
+        r = results["predict"]
+        amp = f", batched+AMP {r['batched_amp_images_s']:.1f}" if "batched_amp_images_s" in r else ""
+        print(f"predict {r['config']} on {r['device']}, {r['pictures']} pictures {r['size']}: "
+              f"one at a time {r['one_at_a_time_images_s']:.1f} images/s, batch {r['batch']} "
+              f"{r['batched_images_s']:.1f} images/s (x{r['batched_vs_one_at_a_time']:.2f}){amp}; "
+              f"detectron2 DefaultPredictor {r['detectron2_default_predictor_images_s']:.1f} images/s")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
