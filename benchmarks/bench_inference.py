@@ -25,6 +25,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -122,31 +123,64 @@ def bench_predict(args) -> dict:
         _sync(torch)
         seconds = time.perf_counter() - started
         result[f"detections_per_picture_batch{batch}" + ("_amp" if amp else "")] = sum(map(len, found)) / len(found)
+        outputs[(batch, amp)] = found
         return len(pictures) / seconds
 
+    outputs = {}
     result = {"config": predictor.choice.label, "device": predictor.device, "pictures": args.images,
-              "size": args.size, "batch": args.batch, "score_floor": args.score_floor}
+              "size": args.size, "batch": args.batch, "score_floor": args.score_floor,
+              "default_predictor_threshold": args.threshold}
     result["one_at_a_time_images_s"] = images_per_second(1)
     result["batched_images_s"] = images_per_second(args.batch)
     if predictor.device.startswith("cuda"):
         result["batched_amp_images_s"] = images_per_second(args.batch, amp=True)
     torch.manual_seed(0)
-    baseline = DefaultPredictor(_detectron2_cfg(predictor))
+    baseline = DefaultPredictor(_detectron2_cfg(predictor, args.threshold))
     baseline(pictures[0][:, :, ::-1])
     _sync(torch)
     started = time.perf_counter()
-    for picture in pictures:
-        baseline(np.ascontiguousarray(picture[:, :, ::-1]))  # DefaultPredictor takes BGR
+    theirs = [baseline(np.ascontiguousarray(picture[:, :, ::-1]))["instances"].to("cpu")  # BGR, as demo.py
+              for picture in pictures]
     _sync(torch)
     result["detectron2_default_predictor_images_s"] = len(pictures) / (time.perf_counter() - started)
+    result["default_predictor_instances"] = sum(len(t) for t in theirs)
+    for (batch, amp), found in outputs.items():
+        result[f"same_detections_batch{batch}" + ("_amp" if amp else "")] = same_detections(found, theirs)
     result["batched_vs_one_at_a_time"] = result["batched_images_s"] / result["one_at_a_time_images_s"]
     result["batched_vs_default_predictor"] = result["batched_images_s"] / result["detectron2_default_predictor_images_s"]
+    best = result.get("batched_amp_images_s", result["batched_images_s"])
+    result["batched_best_vs_default_predictor"] = best / result["detectron2_default_predictor_images_s"]
     return result
 
 
-def _detectron2_cfg(predictor):
-    """The same model as detectron2 would build it for demo.py: the config, the weights,
-    the same score floor (so both keep the same detections)."""
+def same_detections(ours: list, theirs: list, min_iou: float = 0.9, max_score_gap: float = 0.02) -> float:
+    """Share of DefaultPredictor's instances that d2nb also found: same class, box IoU at
+    least ``min_iou`` and a score within ``max_score_gap`` (greedy, best score first)."""
+    from detectron2.structures import Boxes, pairwise_iou
+
+    import torch
+
+    total = matched = 0
+    for prediction, instances in zip(ours, theirs):
+        total += len(instances)
+        if not len(instances) or not len(prediction):
+            continue
+        iou = pairwise_iou(instances.pred_boxes, Boxes(torch.as_tensor(prediction.boxes))).numpy()
+        same = ((instances.pred_classes.numpy()[:, None] == prediction.classes[None, :])
+                & (np.abs(instances.scores.numpy()[:, None] - prediction.scores[None, :]) <= max_score_gap)
+                & (iou >= min_iou))
+        free = np.ones(len(prediction), bool)
+        for row in np.argsort(-instances.scores.numpy()):
+            candidates = np.flatnonzero(same[row] & free)
+            if len(candidates):
+                free[candidates[np.argmax(iou[row, candidates])]] = False
+                matched += 1
+    return matched / total if total else float("nan")
+
+
+def _detectron2_cfg(predictor, threshold: float):
+    """The same model as detectron2 would build it for demo.py: the config, the weights, and
+    ``threshold`` as its score threshold (demo.py's --confidence-threshold)."""
     from detectron2.config import get_cfg
 
     cfg = get_cfg()
@@ -156,8 +190,8 @@ def _detectron2_cfg(predictor):
     cfg.MODEL.DEVICE = predictor.device
     if not cfg.MODEL.WEIGHTS and cfg.MODEL.RESNETS.NORM == "FrozenBN":
         cfg.MODEL.RESNETS.NORM = "BN"
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = predictor.score_floor
-    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = predictor.score_floor
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = threshold
+    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = threshold
     return cfg
 
 
@@ -180,12 +214,17 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--score-floor", type=float, default=0.05,
                         help="lowest score kept; 0 keeps 100 detections per picture even for random weights")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="DefaultPredictor's SCORE_THRESH_TEST, as demo.py's --confidence-threshold (default "
+                             "0.5); its instances are matched against all of d2nb's (score floor and above)")
     parser.add_argument("--skip", choices=["redraw", "predict"], default=None)
     parser.add_argument("--out", default=None, help="write the results as json here")
     args = parser.parse_args(argv)
     import torch
 
-    results = {"machine": {"platform": platform.platform(), "torch": torch.__version__,
+    results = {"command": " ".join(["python", *sys.argv]),
+               "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                           "date": time.strftime("%Y-%m-%d"),
                            "threads": torch.get_num_threads(),
                            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}}
     if args.skip != "redraw":
@@ -201,7 +240,10 @@ def main(argv=None) -> int:
         print(f"predict {r['config']} on {r['device']}, {r['pictures']} pictures {r['size']}: "
               f"one at a time {r['one_at_a_time_images_s']:.1f} images/s, batch {r['batch']} "
               f"{r['batched_images_s']:.1f} images/s (x{r['batched_vs_one_at_a_time']:.2f}){amp}; "
-              f"detectron2 DefaultPredictor {r['detectron2_default_predictor_images_s']:.1f} images/s")
+              f"detectron2 DefaultPredictor {r['detectron2_default_predictor_images_s']:.1f} images/s "
+              f"(batched{'+AMP' if amp else ''} x{r['batched_best_vs_default_predictor']:.2f}); same detections: "
+              + ", ".join(f"{k[len('same_detections_'):]} {v:.1%}" for k, v in r.items() if k.startswith("same_detections_"))
+              + f" of {r['default_predictor_instances']}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=1))

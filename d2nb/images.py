@@ -93,8 +93,10 @@ def expand_inputs(inputs) -> list:
         elif Path(entry).expanduser().is_file():
             sources.append(str(Path(entry).expanduser()))
         else:
-            raise D2nbError(f"input {entry!r} is not a file, a folder, a glob pattern nor a URL",
-                            "pass e.g. 'photo.jpg', 'photos/', 'photos/*.jpg', 'https://.../photo.jpg' or 'samples'")
+            raise D2nbError(f"input {entry!r} does not exist: it is not a file, a folder, a glob pattern nor a URL "
+                            f"(working directory {os.getcwd()!r})",
+                            "check the spelling and the folder; pass e.g. 'photo.jpg', 'photos/', 'photos/*.jpg', "
+                            "'https://.../photo.jpg' or 'samples'")
     return sources
 
 
@@ -123,6 +125,7 @@ def load_uploads(uploads, max_side: int = MAX_SIDE) -> list:
     loaded = []
     for upload in uploads:
         name, content = (upload["name"], upload["content"]) if isinstance(upload, dict) else upload
+        name = safe_file_name(name)  # the browser sends any name; it may end up as a file name
         try:
             loaded.append(decode_image(bytes(content), name, f"upload:{name}", max_side))
         except D2nbError as error:
@@ -132,6 +135,7 @@ def load_uploads(uploads, max_side: int = MAX_SIDE) -> list:
 
 def image_from_data_url(data_url: str, name: str = "snapshot.jpg") -> LoadedImage:
     """Decode a ``data:image/...;base64,...`` URL, as a browser camera snapshot sends it."""
+    name = safe_file_name(name, "snapshot.jpg")
     header, _, payload = data_url.partition(",")
     if not header.startswith("data:image") or ";base64" not in header:
         return LoadedImage(name, "camera", error=str(D2nbError(
@@ -158,8 +162,31 @@ def unique_name(source: str) -> str:
     """The file name a source is shown and saved under (a URL's last path part)."""
     if is_url(source):
         tail = source.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
-        return tail or "download.jpg"
+        return safe_file_name(tail, "download.jpg")
     return Path(source).name
+
+
+WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{n}" for n in range(1, 10)), *(f"LPT{n}" for n in range(1, 10))}
+MAX_NAME_LENGTH = 100
+
+
+def safe_file_name(name, default: str = "upload.png") -> str:
+    """``name`` (an upload's, a URL's) made into a plain file name that stays inside the folder
+    it is saved in: only its last path part (after ``/`` or ``\\``), letters, digits and
+    ``. _ - ( ) + ,`` and spaces kept, other characters (control characters, ``:*?"<>|``)
+    replaced by ``_``, no leading dot (no hidden file, no ``..``), no Windows device name, at
+    most 100 characters. ``default`` when nothing is left."""
+    import unicodedata
+
+    text = unicodedata.normalize("NFC", str(name)).replace("\\", "/").rsplit("/", 1)[-1]
+    text = "".join(c if c.isalnum() or c in "._-()+, " else "_" for c in text)
+    text = text.strip(" ").lstrip(".").rstrip(". ")
+    stem, suffix = os.path.splitext(text)
+    if stem.split(".")[0].upper() in WINDOWS_RESERVED:
+        stem = "_" + stem
+    suffix = suffix[:12]
+    text = stem[: MAX_NAME_LENGTH - len(suffix)] + suffix
+    return text if text.strip("._ ") else default
 
 
 def decode_image(data: bytes, name: str, source: str, max_side: int = MAX_SIDE) -> LoadedImage:
@@ -168,23 +195,28 @@ def decode_image(data: bytes, name: str, source: str, max_side: int = MAX_SIDE) 
 
     if not data:
         raise D2nbError(f"{name!r} is empty (0 bytes)", "upload or pass the picture again")
-    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_PIXELS
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # _check_pixels does it, from the header
     try:
         picture = Image.open(io.BytesIO(data))
         original = picture.size
+        _check_pixels(name, picture.format, original)
         if picture.format == "JPEG" and max(original) > max_side:  # decode straight at a smaller size
             picture.draft("RGB", (max_side, max_side))
         picture = ImageOps.exif_transpose(picture)
         array = _to_rgb(picture)
-    except Image.DecompressionBombError:
-        raise D2nbError(f"{name!r} has more than {MAX_PIXELS // 1_000_000} megapixels, too many to hold in memory",
-                        "scale it down or cut it into tiles first") from None
     except UnidentifiedImageError:
         array = _decode_with_opencv(data)
         if array is None:
+            kind = _image_signature(data)
+            if kind:  # the start of a picture whose rest is missing or broken
+                raise D2nbError(f"{name!r} is damaged or truncated: it starts as a {kind} file, "
+                                f"but its {len(data)} bytes do not hold a readable picture",
+                                "export or download the picture again") from None
             raise D2nbError(f"{name!r} is not a picture{_looks_like(data)}",
                             "pass JPEG, PNG, TIFF, BMP or WebP files; leave other files out") from None
         original = (array.shape[1], array.shape[0])
+    except D2nbError:
+        raise
     except (OSError, SyntaxError, ValueError) as error:
         raise D2nbError(f"{name!r} is damaged or truncated ({error})",
                         "export or download the picture again") from None
@@ -246,11 +278,54 @@ def _limit_size(array: np.ndarray, max_side: int, original) -> tuple:
     return array, array.shape[1] / original[0]
 
 
+def _check_pixels(name: str, file_format, size) -> None:
+    """Refuse, from the header alone, a picture that would not fit in memory once decoded.
+    JPEGs are decoded at 1/2, 1/4 or 1/8 of their size when large, so only their reduced
+    size counts; other formats are decoded whole before being scaled down."""
+    width, height = size
+    reduction = 8 if file_format == "JPEG" else 1
+    if -(-width // reduction) * -(-height // reduction) <= MAX_PIXELS:
+        return
+    raise D2nbError(
+        f"{name!r} is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels); decoding a "
+        f"{file_format or 'picture'} that large takes at least {width * height * 3 / 2**30:.1f} GiB of memory, "
+        f"more than the {MAX_PIXELS // 1_000_000} megapixels d2nb decodes (pictures are scaled down to "
+        f"{MAX_SIDE} px on the longest side anyway)",
+        f"scale it down to at most {MAX_SIDE} px on the longest side, cut it into tiles, or save it as "
+        "JPEG (which d2nb decodes straight at a reduced size)")
+
+
+# how the pictures PIL reads begin: a file that starts so but does not open is damaged
+_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+# what else people upload by mistake, by how it begins
+_OTHER_FILES = ((b"%PDF", "a PDF document"), (b"PK\x03\x04", "a zip archive, or a Word, Excel or PowerPoint file"),
+                (b"\x1f\x8b", "a gzip archive"), (b"Rar!", "a RAR archive"), (b"7z\xbc\xaf", "a 7-zip archive"))
+
+
+def _image_signature(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    if data[:2] == b"BM" and data[6:10] == b"\x00\x00\x00\x00":  # BMP: reserved header bytes are zero
+        return "BMP"
+    return next((kind for magic, kind in _SIGNATURES if data.startswith(magic)), None)
+
+
 def _looks_like(data: bytes) -> str:
     head = data[:64]
+    if head[4:8] == b"ftyp":  # ISO media: HEIC/HEIF photos (iPhones) or MP4/MOV videos
+        brand = head[8:12].decode("latin-1")
+        if brand in ("heic", "heix", "hevc", "heim", "heis", "mif1", "msf1", "avif"):
+            return f" (it is a HEIF/AVIF photo, brand {brand!r}, which PIL reads only with the pillow-heif package)"
+        return f" (it is a video or other ISO media file, brand {brand!r})"
+    for magic, kind in _OTHER_FILES:
+        if head.startswith(magic):
+            return f" (it is {kind})"
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
+        return f" (it starts with bytes {head[:8]!r})"
+    if not all(c.isprintable() or c in "\r\n\t" for c in text):
         return f" (it starts with bytes {head[:8]!r})"
     return f" (it holds text: {text[:30].strip()!r}...)" if text.strip() else ""
 

@@ -20,10 +20,20 @@ from d2nb.errors import D2nbError
 DETECTRON2_REPOSITORY = "https://github.com/facebookresearch/detectron2"
 DETECTRON2_COMMIT = "02b5c4e295e990042a714712c21dc79b731e8833"
 
+# This project's own repository, written here only: pip installs d2nb from it (Colab), and the
+# README's "Open in Colab" and Binder badges are built from it (tests/test_readme_links.py).
+REPOSITORY_URL = "https://github.com/d2nb/d2nb"
+REPOSITORY_BRANCH = "main"
+
 
 def detectron2_requirement() -> str:
     """The pip requirement for the pinned detectron2 commit."""
     return f"detectron2 @ git+{DETECTRON2_REPOSITORY}.git@{DETECTRON2_COMMIT}"
+
+
+def d2nb_requirement() -> str:
+    """The pip requirement for d2nb from its repository (it is not on PyPI)."""
+    return f"d2nb @ git+{REPOSITORY_URL}.git@{REPOSITORY_BRANCH}"
 
 
 def detectron2_installed() -> bool:
@@ -53,8 +63,31 @@ def in_colab() -> bool:
     return "google.colab" in sys.modules
 
 
+# Warnings that detectron2 and torch print on every run and that a user can do nothing about;
+# in a notebook each would show as a red box under the cell.
+LIBRARY_NOISE = (
+    (DeprecationWarning, r"pkg_resources is deprecated"),
+    (UserWarning, r"pkg_resources is deprecated"),
+    (FutureWarning, r"`torch\.jit\."),
+    (FutureWarning, r".*torch\.cuda\.amp\..* is deprecated"),
+    (UserWarning, r"torch\.meshgrid: in an upcoming release"),
+    (UserWarning, r".*is_fx_tracing"),
+    (FutureWarning, r".*is_fx_tracing"),
+)
+
+
+def quiet_library_warnings() -> None:
+    """Hide the known library warnings above; every other warning still shows."""
+    import warnings
+
+    for category, message in LIBRARY_NOISE:
+        warnings.filterwarnings("ignore", message=message, category=category)
+
+
 def setup_notebook() -> None:
-    """Make a kernel ready: detectron2 present, and ipywidgets 8 rendering in Colab."""
+    """Make a kernel ready: detectron2 present, known library noise hidden, and ipywidgets 8
+    rendering in Colab."""
+    quiet_library_warnings()
     ensure_detectron2()
     if in_colab():
         from google.colab import output  # noqa: F401  (only exists in Colab)

@@ -24,7 +24,7 @@ import numpy as np
 
 from d2nb import zoo
 from d2nb.errors import D2nbError
-from d2nb.images import LoadedImage
+from d2nb.images import LoadedImage, safe_file_name
 
 logger = logging.getLogger("d2nb.predict")
 
@@ -195,35 +195,24 @@ class Predictor:
     def _forward(self, images: list) -> list:
         import torch
 
-        inputs = []
         with torch.inference_mode():
-            for image in images:
-                inputs.append({"image": self._resized(image), "height": image.shape[0], "width": image.shape[1]})
+            # PIL releases the GIL while it resizes: the batch's pictures resize in parallel
+            pixels = list(_resize_pool().map(self._resized, images)) if len(images) > 1 else [self._resized(images[0])]
+            inputs = [{"image": torch.from_numpy(p).to(self.device, non_blocking=True).permute(2, 0, 1).float(),
+                       "height": image.shape[0], "width": image.shape[1]} for p, image in zip(pixels, images)]
             with torch.autocast("cuda", enabled=self.amp):
                 return self.model(inputs)
 
-    def _resized(self, image: np.ndarray):
-        """The picture as the model takes it: channels first, in the config's colour order,
-        resized as ``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST`` say. The resizing runs on the
-        model's device (on a GPU, PIL's resizing on the CPU was the bottleneck)."""
-        import torch
-        import torch.nn.functional as F
-        from detectron2.data.transforms import ResizeShortestEdge
-
-        height, width = image.shape[:2]
-        pixels = torch.from_numpy(np.ascontiguousarray(image)).to(self.device, non_blocking=True)
-        pixels = pixels.permute(2, 0, 1)
+    def _resized(self, image: np.ndarray) -> np.ndarray:
+        """The picture as the model takes it (HxWxC uint8, the config's colour order), resized
+        as ``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST`` say with detectron2's own transform, so
+        that the model sees exactly the pixels that ``DefaultPredictor`` and demo.py give it."""
         if self.input_format == "BGR":
-            pixels = pixels.flip(0)
-        shortest = self.resize.short_edge_length[0]
-        if not shortest:  # INPUT.MIN_SIZE_TEST 0: the picture as it is, as detectron2 does
-            return pixels
-        size = ResizeShortestEdge.get_output_shape(height, width, shortest, self.resize.max_size)
-        if tuple(size) == (height, width):
-            return pixels
-        # bilinear with antialiasing: what PIL does for detectron2's DefaultPredictor
-        resized = F.interpolate(pixels[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)
-        return resized[0].clamp_(0, 255).round_()
+            image = image[:, :, ::-1]
+        image = np.ascontiguousarray(image)
+        if not self.resize.short_edge_length[0]:  # INPUT.MIN_SIZE_TEST 0: as it is, as detectron2 does
+            return image
+        return self.resize.get_transform(image).apply_image(image)
 
     def _remember(self, key, prediction) -> None:
         self._cache[key] = prediction
@@ -234,11 +223,25 @@ class Predictor:
 # --------------------------------------------------------------------------- building
 
 
+_POOL = None
+
+
+def _resize_pool():
+    global _POOL
+    if _POOL is None:
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="d2nb-resize")
+    return _POOL
+
+
 def _build_yaml(choice, device: str, opts):
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import get_cfg
     from detectron2.data import transforms as T
     from detectron2.modeling import build_model
+
+    from d2nb.checkpoint import AtomicCheckpointer
 
     cfg = get_cfg()
     cfg.set_new_allowed(True)  # config.yaml of a d2nb run carries d2nb's keys (SOLVER.OPTIMIZER)
@@ -258,21 +261,22 @@ def _build_yaml(choice, device: str, opts):
         cfg.MODEL.RESNETS.NORM = "BN"  # random FrozenBN statistics overflow; only for weights='none'
     model = build_model(cfg).eval()
     if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(local_weights(cfg.MODEL.WEIGHTS))
+        AtomicCheckpointer(model).load(local_weights(cfg.MODEL.WEIGHTS), source=cfg.MODEL.WEIGHTS)
     resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
     return model, resize, cfg.INPUT.FORMAT, cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None
 
 
 def _build_lazy(choice, device: str, opts):
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import LazyConfig, instantiate
     from detectron2.data import transforms as T
+
+    from d2nb.checkpoint import AtomicCheckpointer
 
     cfg = LazyConfig.load(choice.config)
     cfg = LazyConfig.apply_overrides(cfg, list(opts or []))
     model = instantiate(cfg.model).to(device).eval()
     if choice.weights:
-        DetectionCheckpointer(model).load(local_weights(choice.weights))
+        AtomicCheckpointer(model).load(local_weights(choice.weights), source=choice.weights)
     mapper = cfg.dataloader.test.mapper
     resize = next((a for a in instantiate(mapper.augmentations) if isinstance(a, T.ResizeShortestEdge)),
                   T.ResizeShortestEdge([800, 800], 1333))
@@ -448,6 +452,8 @@ def save_outputs(predictions: list, output, score_threshold: float = DEFAULT_SCO
     written, used = [], set()
     for prediction in predictions:
         path = output if single_file else folder / _free_name(prediction.name, used)
+        if not single_file and path.resolve().parent != folder.resolve():  # _free_name makes plain names
+            raise D2nbError(f"{prediction.name!r} would be saved outside {str(folder)!r}", "rename the picture")
         drawn = draw_predictions(prediction, score_threshold, classes, **draw_options)
         if not cv2.imwrite(str(path), drawn[:, :, ::-1]):
             raise D2nbError(f"could not write {str(path)!r}", "pass an output folder you can write to")
@@ -458,6 +464,8 @@ def save_outputs(predictions: list, output, score_threshold: float = DEFAULT_SCO
 
 
 def _free_name(name: str, used: set) -> str:
+    """A file name for ``name`` inside the output folder, unused so far (``used``)."""
+    name = safe_file_name(name, "image.png")
     stem, suffix = Path(name).stem, Path(name).suffix.lower()
     suffix = suffix if suffix in (".jpg", ".jpeg", ".png") else ".png"
     candidate, n = f"{stem}{suffix}", 1

@@ -29,10 +29,12 @@ from detectron2.evaluation import COCOEvaluator
 
 from d2nb import zoo
 from d2nb.checkpoint import AtomicCheckpointer
-from d2nb.data import SYNTHETIC, SyntheticSpec, resolve_dataset
+from d2nb.data import SYNTHETIC, SyntheticSpec, check_training_data, resolve_dataset
 from d2nb.devices import resolve_gpus
 from d2nb.errors import D2nbError
+from d2nb.faults import diverged, is_out_of_memory, out_of_memory
 from d2nb.monitor import LiveMonitor, LiveView, TrainingCurves, follow_metrics_file, in_notebook
+from d2nb.parameters import check_settings
 
 logger = logging.getLogger("d2nb.train")
 
@@ -124,6 +126,7 @@ def build_config(settings: TrainSettings):
     """Return the frozen detectron2 ``CfgNode`` for ``settings`` (registers the datasets)."""
     from detectron2.config import get_cfg
 
+    settings = check_settings(settings)  # papermill's text values as numbers, or a clear error
     gpus = resolve_gpus(settings.gpus)
     config_name = settings.config or zoo.default_config(settings.dataset in (None, "", SYNTHETIC))
     config_path, zoo_name = zoo.resolve_config(config_name)
@@ -137,6 +140,7 @@ def build_config(settings: TrainSettings):
 
     data = resolve_dataset(settings.dataset, settings.val_dataset, settings.image_root,
                            settings.synthetic_spec())
+    check_training_data(data)  # missing images, undeclared categories: said now, not mid-training
     cfg.DATASETS.TRAIN = (data.train,)
     cfg.DATASETS.TEST = (data.val,) if data.val else ()
     if data.class_names:
@@ -155,8 +159,10 @@ def build_config(settings: TrainSettings):
     _check_positive_int("ims_per_batch", ims)
     world = processes * settings.num_machines
     if ims % world:
-        raise D2nbError(f"ims_per_batch={ims} is not divisible by the {world} training processes",
-                        f"pass ims_per_batch={max(world, ims - ims % world)} (a multiple of {world})")
+        raise D2nbError(f"ims_per_batch={ims} is not divisible by the {world} training processes"
+                        + (f" (one per GPU, gpus={gpus})" if gpus and settings.num_machines == 1 else ""),
+                        f"pass ims_per_batch={' or '.join(str(n) for n in _multiples_near(ims, world))} "
+                        f"(a multiple of {world})")
     max_iter = settings.max_iter or (cfg.SOLVER.MAX_ITER if recipe else FINE_TUNE_MAX_ITER)
     _check_positive_int("max_iter", max_iter)
     _scale_schedule(cfg, max_iter)
@@ -187,17 +193,44 @@ FAST_MODE_WORKERS = 8  # the lent H100 has 16 cores; detectron2's configs ask fo
 
 def apply_fast_mode(cfg) -> None:
     """GPU speed-ups that leave the model and its loss curve as they are: mixed precision
-    (``SOLVER.AMP``), TF32 matrix products, and more data-loading workers.
+    (``SOLVER.AMP``), TF32 matrix products, more data-loading workers, and mask targets read
+    as bitmasks (``INPUT.MASK_FORMAT bitmask``).
 
-    Measured on the lent H100 (benchmarks/RESULTS.md): cuDNN autotuning plus bitmask targets
-    made Mask R-CNN steps nearly twice as slow (input sizes change every step, so autotuning
-    never settles), so neither is part of fast mode.
+    Measured on the lent H100 (benchmarks/RESULTS.md): a Mask R-CNN step there is bound by the
+    main process's CPU, not the GPU (the GPU was busy 0.22 s of a 0.6 s step), and rasterising
+    polygon targets per sampled box was its largest share; bitmasks are decoded in the loader
+    workers and cropped on the GPU instead. cuDNN autotuning (also only around the backbone,
+    whose input sizes repeat) and channels-last memory were slower there, so neither is used.
     """
     cfg.SOLVER.AMP.ENABLED = True
     cfg.DATALOADER.NUM_WORKERS = max(cfg.DATALOADER.NUM_WORKERS, min(FAST_MODE_WORKERS, os.cpu_count() or 1))
+    if cfg.MODEL.MASK_ON:
+        cfg.INPUT.MASK_FORMAT = "bitmask"
     cfg.set_new_allowed(True)
     cfg.D2NB_TF32 = True
+    cfg.D2NB_FOREACH_CLIP = True
     cfg.set_new_allowed(False)
+
+
+def clip_per_parameter_foreach(optimizer, max_norm: float, norm_type: float = 2.0):
+    """Per-parameter gradient-norm clipping as detectron2's ``SOLVER.CLIP_GRADIENTS`` (type
+    ``norm``) does it, every gradient scaled by ``min(1, max_norm / (|g| + 1e-6))``, in four
+    batched operations instead of a ``clip_grad_norm_`` call per parameter (a few hundred
+    small kernel launches a step, which a GPU step bound by the CPU feels)."""
+    import torch
+
+    base = type(optimizer)
+
+    def step(self, closure=None):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if grads:
+            norms = torch.stack(torch._foreach_norm(grads, norm_type))
+            scales = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+            torch._foreach_mul_(grads, list(scales.unbind()))
+        return base.step(self, closure)
+
+    optimizer.__class__ = type(base.__name__ + "WithGradientClip", (base,), {"step": step})
+    return optimizer
 
 
 def _enable_tf32(cfg) -> None:
@@ -239,6 +272,12 @@ def _processes(gpus: int, settings: TrainSettings) -> int:
     return gpus if gpus else max(1, int(settings.cpu_processes))
 
 
+def _multiples_near(value: int, step: int) -> list:
+    """The multiples of ``step`` just below and above ``value`` (no zero)."""
+    below = value - value % step
+    return [n for n in (below, below + step) if n > 0]
+
+
 def _check_positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise D2nbError(f"{name} must be a positive whole number, got {value!r}",
@@ -260,8 +299,11 @@ def train(settings: TrainSettings, extra_hooks=()) -> TrainResult:
     One process for one GPU or the CPU; detectron2's ``launch`` (DDP over NCCL, or gloo on
     the CPU) for several, with the live view drawn here from rank 0's ``metrics.json``.
     Interrupting (Ctrl-C, the notebook's stop button) saves a checkpoint and returns with
-    ``interrupted=True``; run again with ``resume=True`` to continue from it.
+    ``interrupted=True``; run again with ``resume=True`` to continue from it. A NaN loss, CUDA
+    running out of memory or a full disk stop it with a ``D2nbError`` saying what to change;
+    the checkpoints already written stay complete.
     """
+    settings = check_settings(settings)
     gpus = resolve_gpus(settings.gpus)
     cfg = build_config(settings)  # checks everything and makes the dataset before any process starts
     _prepare_output_dir(cfg.OUTPUT_DIR)
@@ -277,8 +319,7 @@ def train(settings: TrainSettings, extra_hooks=()) -> TrainResult:
 def evaluate_only(settings: TrainSettings) -> dict:
     """train_net.py's ``--eval-only``: evaluate ``weights`` (or, with ``resume``, the last
     checkpoint in output_dir) on the validation dataset; return the metrics."""
-    from detectron2.checkpoint import DetectionCheckpointer
-
+    settings = check_settings(settings)
     cfg = build_config(settings)
     if not cfg.DATASETS.TEST:
         raise D2nbError(f"no validation dataset to evaluate on for dataset {settings.dataset!r}",
@@ -286,7 +327,7 @@ def evaluate_only(settings: TrainSettings) -> dict:
     _prepare_output_dir(cfg.OUTPUT_DIR)
     setup_run_logging(cfg.OUTPUT_DIR, quiet_console=in_notebook())
     model = Trainer.build_model(cfg)
-    DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=settings.resume)
+    AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=settings.resume)
     return _plain(Trainer.test(cfg, model))
 
 
@@ -363,6 +404,13 @@ def _train_in_process(cfg, settings: TrainSettings, extra_hooks: list, rank: int
     except KeyboardInterrupt:
         interrupted = True
         _save_after_interrupt(trainer)
+    except FloatingPointError as error:  # detectron2's word for a NaN or infinite loss
+        last = trainer.checkpointer.get_checkpoint_file() if trainer.checkpointer.has_checkpoint() else None
+        raise diverged(cfg, trainer.iter, error, last) from None
+    except RuntimeError as error:
+        if not is_out_of_memory(error):
+            raise
+        raise out_of_memory(cfg, trainer.iter, _save_after_out_of_memory(trainer)) from None
     metrics = getattr(trainer, "_last_eval_results", None) or {}
     result = TrainResult(cfg.OUTPUT_DIR, trainer.iter, _plain(metrics), interrupted,
                          monitor.overhead if monitor else None, time.perf_counter() - started,
@@ -382,15 +430,32 @@ def _write_class_names(cfg) -> None:
         Path(cfg.OUTPUT_DIR, zoo.CLASS_NAMES_FILE).write_text(json.dumps(list(names)))
 
 
-def _save_after_interrupt(trainer) -> None:
+def _save_completed_steps(trainer) -> str | None:
+    """Save the steps completed before the one in progress (redone on resume); return the
+    file's path, or ``None`` when no step completed or this is not the main process."""
     from detectron2.utils import comm
 
     completed = trainer.iter  # the step in progress is redone on resume
     if completed <= trainer.start_iter or not comm.is_main_process():
-        logger.warning("Training interrupted before any step completed; nothing saved.")
-        return
+        return None
     trainer.iter = completed - 1
     trainer.checkpointer.save(f"model_{completed - 1:07d}")
+    return os.path.join(trainer.cfg.OUTPUT_DIR, f"model_{completed - 1:07d}.pth")
+
+
+def _save_after_out_of_memory(trainer) -> str | None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # what the failed step held; saving copies tensors to the CPU
+    return _save_completed_steps(trainer)
+
+
+def _save_after_interrupt(trainer) -> None:
+    completed = trainer.iter
+    if _save_completed_steps(trainer) is None:
+        logger.warning("Training interrupted before any step completed; nothing saved.")
+        return
     logger.warning(
         f"Training interrupted at iteration {completed}. Saved model_{completed - 1:07d}.pth "
         f"and last_checkpoint in {trainer.cfg.OUTPUT_DIR}. Run again with resume=True to "
@@ -422,7 +487,18 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_optimizer(cls, cfg, model):
         """SGD as detectron2 builds it, or AdamW where the config says ``SOLVER.OPTIMIZER: AdamW``
-        (d2nb's from-scratch CPU recipe: it converges in far fewer steps than SGD)."""
+        (d2nb's from-scratch CPU recipe: it converges in far fewer steps than SGD). Fast mode
+        clips per-parameter gradient norms in batched operations (same result)."""
+        clip = cfg.SOLVER.CLIP_GRADIENTS
+        if cfg.get("D2NB_FOREACH_CLIP", False) and clip.ENABLED and clip.CLIP_TYPE == "norm":
+            plain = cfg.clone()
+            plain.defrost()
+            plain.SOLVER.CLIP_GRADIENTS.ENABLED = False
+            return clip_per_parameter_foreach(cls._build_optimizer(plain, model), clip.CLIP_VALUE, clip.NORM_TYPE)
+        return cls._build_optimizer(cfg, model)
+
+    @classmethod
+    def _build_optimizer(cls, cfg, model):
         if optimizer_name(cfg) != "AdamW":
             return super().build_optimizer(cfg, model)
         import torch

@@ -70,15 +70,27 @@ def resolve_config(config) -> tuple:
     if Path(config).expanduser().is_file():
         return str(Path(config).expanduser().resolve()), None
     known = list_recipes() + list_zoo_configs()
-    close = difflib.get_close_matches(config, known, n=3, cutoff=0.5)
-    if not close:  # names like "mask_rcnn_R_50_FPN_3x" without their folder
-        close = [k for k in known if Path(config).stem and Path(config).stem in k][:3]
+    close = closest_config_names(config, known)
     raise D2nbError(
         f"config {config!r} is not a d2nb recipe, a model-zoo config of the installed "
         "detectron2, nor an existing yaml file"
         + (f"; did you mean {', '.join(map(repr, close))}?" if close else ""),
         "pass a model-zoo name such as 'COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml' "
         f"(d2nb.zoo.list_zoo_configs() lists {len(known)} names) or the path of a yaml file")
+
+
+def closest_config_names(config: str, known: list, n: int = 3) -> list:
+    """The ``n`` names of ``known`` closest to ``config``, compared whole and by file name, so
+    that ``mask_rcnn_R_50_FPN_3`` (no folder, no ``x.yaml``) finds its model-zoo config."""
+    def similarity(name):
+        whole = difflib.SequenceMatcher(None, config, name).ratio()
+        file_name = difflib.SequenceMatcher(None, Path(config).name, Path(name).name).ratio()
+        return max(whole, file_name), whole
+
+    ranked = sorted(known, key=similarity, reverse=True)[:n]
+    close = [name for name in ranked if similarity(name)[0] >= 0.5]
+    stem = Path(config).stem
+    return close or [name for name in known if stem and stem in name][:n]  # short names: "rpn"
 
 
 def checkpoint_url(zoo_name: str) -> str:

@@ -17,6 +17,9 @@ SUBCOMMANDS = ("train", "demo", "data", "evaluate", "install")
 
 
 def main(argv=None) -> int:
+    from d2nb.install import quiet_library_warnings
+
+    quiet_library_warnings()  # detectron2's imports warn on every command; nothing for a user to do
     parser = argparse.ArgumentParser(prog="d2nb", description="detectron2 in notebooks")
     sub = parser.add_subparsers(dest="command", required=True)
     modules = {}

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import os
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +30,7 @@ SYNTHETIC_VAL = "d2nb_synthetic_val"
 
 __all__ = [
     "CLASS_NAMES", "DatasetChoice", "SYNTHETIC", "SYNTHETIC_TRAIN", "SYNTHETIC_VAL", "SyntheticSpec",
-    "class_names", "default_datasets_root", "has_masks", "make_synthetic_dataset", "read_coco_json",
+    "check_training_data", "class_names", "default_datasets_root", "has_masks", "make_synthetic_dataset", "read_coco_json",
     "register_coco_json", "register_roboflow_folder", "register_synthetic", "resolve_dataset",
 ]
 
@@ -106,3 +108,59 @@ def _describe(train: str, val) -> DatasetChoice:
     if json_file and Path(json_file).is_file():
         masks = has_masks(read_coco_json(json_file))
     return DatasetChoice(train, val, list(getattr(meta, "thing_classes", []) or []), masks)
+
+
+def check_training_data(choice: DatasetChoice) -> None:
+    """Before training starts, check what would stop it midway: for the train and val
+    datasets registered from a COCO json, that the json exists, that every annotation's
+    category is declared, and that every image file is there. Raises ``D2nbError``."""
+    from detectron2.data import MetadataCatalog
+
+    for name in (choice.train, choice.val):
+        json_file = getattr(MetadataCatalog.get(name), "json_file", None) if name else None
+        if not json_file:
+            continue  # registered from a function (or not a json): detectron2 reads it as it is
+        if not Path(json_file).is_file():
+            raise D2nbError(f"dataset {name!r} is registered from {json_file!r}, which does not exist",
+                            "put the dataset there (detectron2's builtin datasets live under "
+                            "$DETECTRON2_DATASETS, default ./datasets), or pass dataset= a json or folder you have")
+        coco = read_coco_json(json_file)
+        _check_categories(name, json_file, coco)
+        _check_image_files(name, json_file, coco, Path(MetadataCatalog.get(name).image_root))
+
+
+def _check_categories(name, json_file, coco) -> None:
+    def key(value):  # a malformed id (a list...) is still named, not a TypeError
+        return value if isinstance(value, (int, float, str, type(None))) else repr(value)
+
+    declared = {key(category.get("id")) for category in coco["categories"]}
+    used = [key(a.get("category_id")) for a in coco["annotations"]]
+    unknown = sorted(set(used) - declared, key=str)
+    if unknown:
+        used = sum(value not in declared for value in used)
+        raise D2nbError(
+            f"{used} annotations of dataset {name!r} ({json_file}) use category ids that its 'categories' "
+            f"list does not declare: {unknown[:10]}",
+            "add those categories to the json, or write a copy without those annotations: "
+            "d2nb.data.validate.fix_coco(d2nb.data.validate.validate_coco(json_file), 'fixed.json')")
+
+
+def _check_image_files(name, json_file, coco, image_root: Path) -> None:
+    """One directory listing per folder, not one stat per image: fast on network drives too."""
+    wanted = defaultdict(list)
+    for image in coco["images"]:
+        path = image_root / str(image.get("file_name", ""))
+        wanted[path.parent].append(path.name)
+    missing = []
+    for folder, names in wanted.items():
+        try:
+            present = set(os.listdir(folder))
+        except OSError:
+            present = set()
+        missing += [str(folder / n) for n in names if n not in present]
+    if missing:
+        raise D2nbError(
+            f"{len(missing)} of the {len(coco['images'])} images of dataset {name!r} ({json_file}) are missing "
+            f"under {str(image_root)!r}, e.g. {', '.join(map(repr, missing[:3]))}",
+            "copy the images there, or pass image_root= the folder that holds them, or write a copy of the json "
+            "without them: d2nb.data.validate.fix_coco(d2nb.data.validate.validate_coco(json_file), 'fixed.json')")

@@ -223,8 +223,15 @@ class UploadPanel(widgets.VBox):
         self.upload = widgets.FileUpload(accept="image/*", multiple=True, description="upload pictures")
         self.messages = widgets.HTML()
         self.loaded = []
-        self.upload.observe(lambda change: self.add_files(change["new"]), "value")
+        self.upload.observe(self._on_upload, "value")
         super().__init__([self.upload, self.messages])
+
+    def _on_upload(self, change) -> None:
+        if not change["new"]:
+            return  # the reset below
+        self.add_files(change["new"])
+        # emptied, so that choosing the same file again is a change the widget reports
+        self.upload.value = ()
 
     def add_files(self, files) -> list:
         """Load, predict and show ``files`` (``FileUpload.value`` entries or (name, bytes))."""
@@ -237,9 +244,23 @@ class UploadPanel(widgets.VBox):
         if good:
             try:
                 self.explorer.add_predictions(self.predict(good))
-            except D2nbError as error:  # an observer's exception would only reach the browser's log
-                self.messages.value += _error_html(str(error))
+            except Exception as error:  # an observer's exception would only reach the browser's log
+                self.messages.value += _error_html(prediction_failure(error, len(good)))
         return images
+
+
+def prediction_failure(error: Exception, count: int) -> str:
+    """The message shown in place of pictures whose prediction failed; the widgets keep working."""
+    if isinstance(error, D2nbError):
+        return str(error)
+    from d2nb.faults import is_out_of_memory
+
+    if is_out_of_memory(error):
+        return str(D2nbError(f"the GPU ran out of memory predicting {count} picture(s)",
+                             "upload fewer pictures at a time, or make the Predictor with device='cpu'"))
+    return str(D2nbError(f"predicting {count} picture(s) failed: {type(error).__name__}: {error}",
+                         "upload them again; to see the full traceback, run predictor.predict(load_uploads(...)) "
+                         "in a cell"))
 
 
 def _quiet(predict):
@@ -305,7 +326,10 @@ def camera_snapshot(predict, explorer: ThresholdExplorer):
             messages.value = _error_html(image.error)
             return
         messages.value = ""
-        explorer.add_predictions(predict([image]))
+        try:
+            explorer.add_predictions(predict([image]))
+        except Exception as error:  # shown here: an observer's exception only reaches the browser's log
+            messages.value = _error_html(prediction_failure(error, 1))
 
     camera.observe(on_snapshot, "data_url")
     box = widgets.VBox([camera, messages])

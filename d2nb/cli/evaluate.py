@@ -1,0 +1,66 @@
+"""``d2nb evaluate``: tools/train_net.py --eval-only, running the evaluation notebook's code.
+
+    d2nb evaluate --config-file runs/train/config.yaml --dataset synthetic --output runs/evaluate \\
+        MODEL.WEIGHTS runs/train/model_final.pth
+
+Trailing ``KEY VALUE`` pairs are config options applied last; ``MODEL.WEIGHTS`` among them
+names the checkpoint, as train_net.py takes it (``--weights`` does the same). The AP tables
+are logged as detectron2 logs them; what each nan means is printed after them.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from d2nb.errors import D2nbError
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    from d2nb.evaluate import EvaluationSettings
+
+    defaults = EvaluationSettings()
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint with COCO AP (train_net.py --eval-only)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", default=None, metavar="FILE",
+                   help="a training run's folder or config.yaml, a model-zoo name, a d2nb recipe or a "
+                        "yaml path (default: the newest run under runs/)")
+    p.add_argument("--weights", default=None, help="a .pth/.pkl path, a URL or 'zoo' (or MODEL.WEIGHTS PATH)")
+    p.add_argument("--dataset", default=defaults.dataset,
+                   help="'synthetic' (its val split), a registered name, a COCO json or a Roboflow folder")
+    p.add_argument("--image-root", default=None, help="image folder of a COCO json (default: its folder)")
+    p.add_argument("--output", "--output-dir", dest="output_dir", default=defaults.output_dir,
+                   help=f"folder for the results (default: {defaults.output_dir})")
+    p.add_argument("--num-gpus", type=int, default=None, help="0 = CPU (default: a GPU if there is one)")
+    p.add_argument("--eval-only", action="store_true", help="accepted for train_net.py parity; always on")
+    p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                   help="KEY VALUE config options, applied last, as train_net.py takes them")
+    return p
+
+
+def settings_from_args(args):
+    """Turn parsed ``d2nb evaluate`` arguments into ``EvaluationSettings``."""
+    from d2nb.evaluate import EvaluationSettings
+
+    opts = list(args.opts or [])
+    if opts and opts[0] == "--":
+        opts = opts[1:]
+    if len(opts) % 2:
+        raise D2nbError(f"config options must come in KEY VALUE pairs, got {opts!r}",
+                        "write them as e.g. MODEL.WEIGHTS runs/train/model_final.pth TEST.DETECTIONS_PER_IMAGE 50")
+    pairs = dict(zip(opts[::2], opts[1::2]))
+    weights = args.weights or pairs.get("MODEL.WEIGHTS")
+    output_dir = pairs.get("OUTPUT_DIR", args.output_dir)
+    opts = [item for key, value in zip(opts[::2], opts[1::2]) if key not in ("MODEL.WEIGHTS", "OUTPUT_DIR")
+            for item in (key, value)]
+    return EvaluationSettings(config=args.config_file, weights=weights, dataset=args.dataset,
+                              image_root=args.image_root, output_dir=output_dir, gpus=args.num_gpus, opts=opts)
+
+
+def run(args) -> int:
+    from d2nb.evaluate import evaluate
+
+    result = evaluate(settings_from_args(args))
+    print(f"results and metrics.json in {result.output_dir}; scored against {result.gt_json}")
+    for note in result.notes:
+        print(f"note: {note}")
+    return 0
