@@ -43,7 +43,7 @@ PICKLE_ARRAY_GLOBALS = {
 } | {("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
      ("_codecs", "encode"), ("builtins", "bytearray")}  # how protocol-2 and -5 pickles rebuild bytes
 _TEMPORARY_SUFFIX = ".tmp"
-_UMASK = os.umask(0)
+_UMASK = os.umask(0)  # read once, at import (os has no getter): files get the mode an open() would give
 os.umask(_UMASK)
 
 
@@ -166,7 +166,8 @@ def load_torch_file(path) -> dict:
             "weights_only=False), save its weights with torch.save({'model': model_state_dict}, "
             "'weights.pth'), and pass 'weights.pth'") from None
     except (RuntimeError, EOFError, IndexError) as error:  # how torch reports a cut or empty file
-        reason = (str(error).splitlines() or [type(error).__name__])[0] if os.path.getsize(path) else "0 bytes"
+        reason = (str(error).split(". ")[0].splitlines() or [type(error).__name__])[0] if os.path.getsize(path) \
+            else "0 bytes"
         raise D2nbError(f"{str(path)!r} is not a complete PyTorch checkpoint ({reason})",
                         "save or download it again; a run's earlier model_*.pth files are complete") from None
 

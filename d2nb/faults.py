@@ -8,6 +8,7 @@ already written stay as they are, so nothing trained so far is lost.
 from __future__ import annotations
 
 import os
+import re
 
 from d2nb.errors import D2nbError
 
@@ -23,7 +24,12 @@ def is_out_of_memory(error: BaseException) -> bool:
 def diverged(cfg, iteration: int, error: BaseException, last_checkpoint: str | None) -> D2nbError:
     """The message for a loss that became NaN or infinite at ``iteration``."""
     lr = cfg.SOLVER.BASE_LR
-    detail = (str(error).strip().splitlines() or [""])[0]
+    text = str(error).strip()
+    detail = (text.splitlines() or [""])[0]
+    # detectron2 lists the losses after its first line: name which of them diverged
+    bad = re.findall(r"'(\w+)': (?:np\.float\d+\()?(-?inf|nan)", text)
+    if bad:
+        detail += " " + ", ".join(f"{name} = {value}" for name, value in bad)
     keep = (f"; to keep what was learned before, also pass weights={last_checkpoint!r} (saved before the loss "
             "diverged; resume=True would bring back the old learning rate)" if last_checkpoint else "")
     amp = " or float16 overflow with amp=True," if cfg.SOLVER.AMP.ENABLED else ""
@@ -41,14 +47,19 @@ def out_of_memory(cfg, iteration: int, saved: str | None) -> D2nbError:
     checkpoint written with the steps completed before it."""
     ims = cfg.SOLVER.IMS_PER_BATCH
     sizes = tuple(cfg.INPUT.MIN_SIZE_TRAIN)
-    smaller = max(1, ims // 2)
-    then = (f"; run again with resume=True to continue from {os.path.basename(saved)}" if saved
-            else "; run again")
+    # three quarters of the image side, about half the memory; multiples of 32 suit the FPN strides
+    shorter = max(32, round(max(sizes) * 0.75 / 32) * 32)
+    longer = max(shorter, round(cfg.INPUT.MAX_SIZE_TRAIN * 0.75))
+    remedies = [f"lower ims_per_batch (e.g. ims_per_batch={ims // 2}; base_lr follows it unless you set it)"] \
+        if ims > 1 else []
+    remedies.append(f"lower the image size with opts=['INPUT.MIN_SIZE_TRAIN', '({shorter},)', "
+                    f"'INPUT.MAX_SIZE_TRAIN', '{longer}']")
+    if not cfg.SOLVER.AMP.ENABLED:
+        remedies.append("turn on amp=True (float16 activations take half the memory)")
+    then = f"; then run again with resume=True to continue from {os.path.basename(saved)}" if saved else ""
     return D2nbError(
         f"the GPU ran out of memory at iteration {iteration}, with ims_per_batch={ims} and training images "
-        f"resized to {sizes[0] if len(sizes) == 1 else sizes} px on the shorter side (at most "
+        f"resized to {'-'.join(map(str, sorted({min(sizes), max(sizes)})))} px on the shorter side (at most "
         f"{cfg.INPUT.MAX_SIZE_TRAIN} px on the longer)"
         + (f"; the steps done so far are saved in {os.path.basename(saved)}" if saved else ""),
-        f"lower ims_per_batch (e.g. ims_per_batch={smaller}; base_lr follows it unless you set it), or the image "
-        "size with opts=['INPUT.MIN_SIZE_TRAIN', '(512,)', 'INPUT.MAX_SIZE_TRAIN', '853'], or turn on amp=True"
-        + then)
+        ", or ".join(remedies) + then)

@@ -76,12 +76,20 @@ LIBRARY_NOISE = (
 )
 
 
+# Loggers that print the same kind of note through logging rather than warnings
+# (torch's "is_fx_tracing will return true for both fx.symbolic_trace and torch.export").
+NOISY_LOGGERS = ("torch.fx._symbolic_trace",)
+
+
 def quiet_library_warnings() -> None:
     """Hide the known library warnings above; every other warning still shows."""
+    import logging
     import warnings
 
     for category, message in LIBRARY_NOISE:
         warnings.filterwarnings("ignore", message=message, category=category)
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def setup_notebook() -> None:

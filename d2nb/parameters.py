@@ -89,7 +89,8 @@ def config_options(value) -> list:
     if isinstance(value, (list, tuple)):
         return [str(item) for item in value]
     raise D2nbError(f"opts must be a list of KEY VALUE strings, got {value!r}",
-                    "pass e.g. opts=['SOLVER.BASE_LR', '0.001'] (\"-y 'opts: [SOLVER.BASE_LR, '0.001']'\" to papermill)")
+                    "pass e.g. opts=['SOLVER.BASE_LR', '0.001'], or to papermill: "
+                    "-y \"opts: [SOLVER.BASE_LR, '0.001']\"")
 
 
 def check_settings(settings):

@@ -149,6 +149,7 @@ class Predictor:
             self.model, self.resize, self.input_format, dataset = _build_yaml(self.choice, self.device, opts)
         self.labels = _labels(dataset, self.choice.class_names, _num_classes(self.model))
         self._cache = OrderedDict()
+        self._ahead = {}  # id(picture): its resizing, started while the batch before it runs
         self.set_score_floor(self.score_floor)
 
     def set_score_floor(self, score_floor: float) -> None:
@@ -184,10 +185,23 @@ class Predictor:
         batch_size = max(1, int(batch_size))
         batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
         bar = _progress(len(todo), progress)
-        for batch in batches:
-            for index, output in zip(batch, self._forward([items[i].image for i in batch])):
-                self._remember(keys[index], _to_prediction(output, items[index], self.labels))
-            bar.update(len(batch))
+        pool = _resize_pool()
+
+        def resize_ahead(batch):  # the next batch resizes in threads while this one runs
+            for i in batch:
+                self._ahead[id(items[i].image)] = pool.submit(self._resized, items[i].image)
+
+        self._ahead = {}
+        try:
+            resize_ahead(batches[0] if batches else [])
+            for n, batch in enumerate(batches):
+                if n + 1 < len(batches):
+                    resize_ahead(batches[n + 1])
+                for index, output in zip(batch, self._forward([items[i].image for i in batch])):
+                    self._remember(keys[index], _to_prediction(output, items[index], self.labels))
+                bar.update(len(batch))
+        finally:
+            self._ahead = {}
         bar.close()
         return [replace(self._cache[key], name=item.name, source=item.source, scale=item.scale,
                         image=item.image) for key, item in zip(keys, items)]
@@ -196,10 +210,12 @@ class Predictor:
         import torch
 
         with torch.inference_mode():
-            # PIL releases the GIL while it resizes: the batch's pictures resize in parallel
-            pixels = list(_resize_pool().map(self._resized, images)) if len(images) > 1 else [self._resized(images[0])]
-            inputs = [{"image": torch.from_numpy(p).to(self.device, non_blocking=True).permute(2, 0, 1).float(),
-                       "height": image.shape[0], "width": image.shape[1]} for p, image in zip(pixels, images)]
+            ahead = [self._ahead.pop(id(image), None) for image in images]
+            pixels = [job.result() if job else self._resized(image) for job, image in zip(ahead, images)]
+            # PIL's pictures are read-only arrays, which torch.from_numpy warns about
+            tensors = [torch.from_numpy(np.require(p, requirements="W")) for p in pixels]
+            inputs = [{"image": t.to(self.device, non_blocking=True).permute(2, 0, 1).float(),
+                       "height": image.shape[0], "width": image.shape[1]} for t, image in zip(tensors, images)]
             with torch.autocast("cuda", enabled=self.amp):
                 return self.model(inputs)
 
@@ -360,13 +376,25 @@ def _to_prediction(output: dict, item: LoadedImage, labels: Labels) -> Predictio
 
 
 def _mask_crops(pred_masks, boxes: np.ndarray, height: int, width: int) -> list:
-    crops = []
-    for (x0, y0, x1, y1), mask in zip(boxes, pred_masks):
-        # masks are pasted inside their box; a pixel of margin keeps rounded edges
+    """Each instance's full-size mask cropped to its box (and a pixel of margin, for rounded
+    edges), copied off the GPU in one transfer rather than one per instance."""
+    import torch
+
+    windows = []
+    for x0, y0, x1, y1 in boxes:
         left, top = max(0, int(x0) - 1), max(0, int(y0) - 1)
         right, bottom = min(width, int(np.ceil(x1)) + 1), min(height, int(np.ceil(y1)) + 1)
-        crop = mask[top:max(top, bottom), left:max(left, right)].cpu().numpy().astype(bool)
-        crops.append((left, top, crop))
+        windows.append((left, top, max(left, right), max(top, bottom)))
+    if not windows:
+        return []
+    flat = torch.cat([mask[top:bottom, left:right].reshape(-1)
+                      for mask, (left, top, right, bottom) in zip(pred_masks, windows)])
+    flat = flat.cpu().numpy().astype(bool)
+    crops, start = [], 0
+    for left, top, right, bottom in windows:
+        size = (bottom - top) * (right - left)
+        crops.append((left, top, flat[start:start + size].reshape(bottom - top, right - left)))
+        start += size
     return crops
 
 

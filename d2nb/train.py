@@ -29,7 +29,7 @@ from detectron2.evaluation import COCOEvaluator
 
 from d2nb import zoo
 from d2nb.checkpoint import AtomicCheckpointer
-from d2nb.data import SYNTHETIC, SyntheticSpec, check_training_data, resolve_dataset
+from d2nb.data import SYNTHETIC, SyntheticSpec, check_dataset_files, resolve_dataset
 from d2nb.devices import resolve_gpus
 from d2nb.errors import D2nbError
 from d2nb.faults import diverged, is_out_of_memory, out_of_memory
@@ -140,7 +140,6 @@ def build_config(settings: TrainSettings):
 
     data = resolve_dataset(settings.dataset, settings.val_dataset, settings.image_root,
                            settings.synthetic_spec())
-    check_training_data(data)  # missing images, undeclared categories: said now, not mid-training
     cfg.DATASETS.TRAIN = (data.train,)
     cfg.DATASETS.TEST = (data.val,) if data.val else ()
     if data.class_names:
@@ -306,6 +305,7 @@ def train(settings: TrainSettings, extra_hooks=()) -> TrainResult:
     settings = check_settings(settings)
     gpus = resolve_gpus(settings.gpus)
     cfg = build_config(settings)  # checks everything and makes the dataset before any process starts
+    check_dataset_files([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST])  # said now, not mid-training
     _prepare_output_dir(cfg.OUTPUT_DIR)
     processes = _processes(gpus, settings)
     if processes * settings.num_machines == 1:
@@ -324,6 +324,7 @@ def evaluate_only(settings: TrainSettings) -> dict:
     if not cfg.DATASETS.TEST:
         raise D2nbError(f"no validation dataset to evaluate on for dataset {settings.dataset!r}",
                         "pass val_dataset= a registered name, a COCO json or a Roboflow folder")
+    check_dataset_files(cfg.DATASETS.TEST)
     _prepare_output_dir(cfg.OUTPUT_DIR)
     setup_run_logging(cfg.OUTPUT_DIR, quiet_console=in_notebook())
     model = Trainer.build_model(cfg)
@@ -386,6 +387,8 @@ def _train_in_process(cfg, settings: TrainSettings, extra_hooks: list, rank: int
     if comm.is_main_process():
         Path(cfg.OUTPUT_DIR, "config.yaml").write_text(cfg.dump())
         _write_class_names(cfg)
+        if not settings.resume:  # a notebook run again: its metrics, not the last run's followed by its own
+            Path(cfg.OUTPUT_DIR, "metrics.json").unlink(missing_ok=True)
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
     _enable_tf32(cfg)
     monitor = None
@@ -436,10 +439,16 @@ def _save_completed_steps(trainer) -> str | None:
     from detectron2.utils import comm
 
     completed = trainer.iter  # the step in progress is redone on resume
+    scheduler = getattr(trainer, "scheduler", None)
+    if scheduler is not None:
+        # A Ctrl-C may land in the hooks that end a step, after the LR scheduler moved on: count
+        # the steps by the scheduler, or the saved schedule runs one ahead of the saved iteration
+        # and resume overruns it at the last step ("where in ParamScheduler must be in [0, 1]").
+        completed = min(trainer.iter + 1, scheduler.last_epoch)
     if completed <= trainer.start_iter or not comm.is_main_process():
         return None
     trainer.iter = completed - 1
-    trainer.checkpointer.save(f"model_{completed - 1:07d}")
+    trainer.checkpointer.save(f"model_{completed - 1:07d}", iteration=completed - 1)  # as PeriodicCheckpointer
     return os.path.join(trainer.cfg.OUTPUT_DIR, f"model_{completed - 1:07d}.pth")
 
 
@@ -452,10 +461,10 @@ def _save_after_out_of_memory(trainer) -> str | None:
 
 
 def _save_after_interrupt(trainer) -> None:
-    completed = trainer.iter
     if _save_completed_steps(trainer) is None:
         logger.warning("Training interrupted before any step completed; nothing saved.")
         return
+    completed = trainer.iter + 1
     logger.warning(
         f"Training interrupted at iteration {completed}. Saved model_{completed - 1:07d}.pth "
         f"and last_checkpoint in {trainer.cfg.OUTPUT_DIR}. Run again with resume=True to "

@@ -11,7 +11,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from d2nb.data import make_synthetic_dataset, resolve_dataset
 from d2nb.data.register import register_coco_json
 from d2nb.errors import D2nbError
-from d2nb.train import build_config
+from d2nb.train import build_config, train
+from d2nb.zoo import CPU_RECIPE
 from reliability_support import TINY, CaptureLog, assert_message, tiny_settings, unchanged
 
 
@@ -33,8 +34,10 @@ def edit_json(json_file, change):
 
 
 def refused(json_file, tmp_path, **settings) -> D2nbError:
+    """The error of the training cell for this dataset; raised before the run's folder is made."""
     with unchanged(json_file.parent), pytest.raises(D2nbError) as error:
-        build_config(tiny_settings(tmp_path / "run", dataset=str(json_file), **settings))
+        train(tiny_settings(tmp_path / "run", dataset=str(json_file), config=CPU_RECIPE, **settings))
+    assert not (tmp_path / "run").exists()
     return error.value
 
 
@@ -42,7 +45,8 @@ def refused(json_file, tmp_path, **settings) -> D2nbError:
     ("[1, 2, 3]", "is not a COCO instances file: it has no images, annotations, categories",
      "export the annotations in COCO format (images, annotations, categories)"),
     ('{"info": {}, "licenses": []}', "it has no images, annotations, categories", "COCO format"),
-    ("<html>Roboflow login</html>", "is not valid JSON (Expecting value: line 1 column 1", "export the annotations as COCO json"),
+    ("<html>Roboflow login</html>", "is not valid JSON (Expecting value: line 1 column 1",
+     "export the annotations as COCO json"),
 ])
 def test_a_json_that_is_not_coco(user_dataset, tmp_path, content, problem, fix):
     user_dataset.write_text(content)
@@ -66,7 +70,7 @@ def test_an_empty_categories_list(user_dataset, tmp_path):
 def test_annotations_of_undeclared_categories(user_dataset, tmp_path):
     edit_json(user_dataset, lambda coco: coco.update(categories=coco["categories"][:2]))  # drop square, star
     error = refused(user_dataset, tmp_path)
-    assert_message(error, ["annotations of dataset 'shapes'", "use category ids that its 'categories' list does "
+    assert_message(error, ["annotations of dataset 'annotations'", "use category ids that its 'categories' list does "
                            "not declare: [3, 4]"],
                    ["add those categories to the json", "fix_coco(d2nb.data.validate.validate_coco(json_file), "])
 
@@ -76,7 +80,7 @@ def test_images_missing_on_disk(user_dataset, tmp_path):
     for path in gone:
         path.unlink()
     error = refused(user_dataset, tmp_path)
-    assert_message(error, [f"2 of the {TINY.num_train} images of dataset 'shapes'",
+    assert_message(error, [f"2 of the {TINY.num_train} images of dataset 'annotations'",
                            f"are missing under '{user_dataset.parent.resolve()}'", gone[0].name],
                    ["copy the images there, or pass image_root=", "fix_coco("])
 

@@ -47,6 +47,7 @@ def refused(folder, call) -> D2nbError:
     ("resume", "maybe", "resume must be True or False, got 'maybe'", "'-p resume True' to papermill"),
     ("amp", "2", "amp must be True or False, got 2", "pass amp=True or amp=False"),
     ("output_dir", "", "output_dir must be a folder path, got ''", "pass e.g. output_dir='runs/train'"),
+    ("opts", "5", "opts must be a list of KEY VALUE strings, got 5", "-y \"opts: [SOLVER.BASE_LR, '0.001']\""),
 ])
 def test_a_wrong_type_from_papermill_names_the_parameter_and_an_example(user_folder, name, value, problem, fix):
     settings = papermill_settings(user_folder, **{name: value})

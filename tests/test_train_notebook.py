@@ -7,9 +7,10 @@ import torch
 
 from conftest import metrics_rows
 
-# The issue asks for AP >= 70 here; the 5-minute CPU recipe measured 55-56 (bbox and segm) on
-# this machine, so the test guards that level and the gap is recorded in the closing note.
-AP_FLOOR = 45
+# The issue asks for AP >= 70 here. The 4-minute CPU recipe (cascade box heads) measured bbox
+# AP 67-71 and mask AP 64-68 on this machine (runs differ by a few points: threads make CPU
+# training non-deterministic), so the test guards 60 and the gap is in the closing note.
+AP_FLOOR = 60
 
 EXPECTED_FILES = ["config.yaml", "log.txt", "metrics.json", "model_final.pth", "last_checkpoint",
                   "inference/coco_instances_results.json", "training_curves.png"]
@@ -56,3 +57,12 @@ def test_monitor_figure_is_an_ordinary_output_and_a_png(trained_run):
 def test_class_names_reach_the_saved_config(trained_run):
     config = (trained_run["output_dir"] / "config.yaml").read_text()
     assert "NUM_CLASSES: 4" in config and "d2nb_synthetic_train" in config
+
+
+def test_notebook_shows_none_of_the_known_library_noise(trained_run):
+    """setup_notebook() hides the warnings torch and detectron2 print on every run (red boxes
+    under the cells); other warnings still show."""
+    stderr = "".join(o.get("text", "") for cell in trained_run["notebook"]["cells"]
+                     for o in cell.get("outputs", []) if o.get("name") == "stderr")
+    for noise in ("is_fx_tracing", "pkg_resources is deprecated", "torch.jit.script", "torch.meshgrid"):
+        assert noise not in stderr, stderr[:2000]

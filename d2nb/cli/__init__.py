@@ -16,6 +16,16 @@ from d2nb.errors import D2nbError
 SUBCOMMANDS = ("train", "demo", "data", "evaluate", "install")
 
 
+def key_value_opts(opts, example: str) -> list:
+    """train_net.py's trailing ``KEY VALUE`` config options, checked to come in pairs."""
+    opts = list(opts or [])
+    if opts and opts[0] == "--":
+        opts = opts[1:]
+    if len(opts) % 2:
+        raise D2nbError(f"config options must come in KEY VALUE pairs, got {opts!r}", f"write them as e.g. {example}")
+    return opts
+
+
 def main(argv=None) -> int:
     from d2nb.install import quiet_library_warnings
 

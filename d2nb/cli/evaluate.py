@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from d2nb.errors import D2nbError
+from d2nb.cli import key_value_opts
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -41,12 +41,7 @@ def settings_from_args(args):
     """Turn parsed ``d2nb evaluate`` arguments into ``EvaluationSettings``."""
     from d2nb.evaluate import EvaluationSettings
 
-    opts = list(args.opts or [])
-    if opts and opts[0] == "--":
-        opts = opts[1:]
-    if len(opts) % 2:
-        raise D2nbError(f"config options must come in KEY VALUE pairs, got {opts!r}",
-                        "write them as e.g. MODEL.WEIGHTS runs/train/model_final.pth TEST.DETECTIONS_PER_IMAGE 50")
+    opts = key_value_opts(args.opts, "MODEL.WEIGHTS runs/train/model_final.pth TEST.DETECTIONS_PER_IMAGE 50")
     pairs = dict(zip(opts[::2], opts[1::2]))
     weights = args.weights or pairs.get("MODEL.WEIGHTS")
     output_dir = pairs.get("OUTPUT_DIR", args.output_dir)

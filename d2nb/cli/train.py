@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from d2nb.errors import D2nbError
+from d2nb.cli import key_value_opts
 
 # train_net.py flag -> TrainSettings field
 _TRAIN_NET_FLAGS = {"config_file": "config", "num_gpus": "gpus"}
@@ -52,12 +52,7 @@ def settings_from_args(args):
     values = {f.name: getattr(args, f.name) for f in fields(TrainSettings) if hasattr(args, f.name)}
     for flag, field_name in _TRAIN_NET_FLAGS.items():
         values[field_name] = getattr(args, flag)
-    opts = list(args.opts or [])
-    if opts and opts[0] == "--":
-        opts = opts[1:]
-    if len(opts) % 2:
-        raise D2nbError(f"config options must come in KEY VALUE pairs, got {opts!r}",
-                        "write them as e.g. SOLVER.BASE_LR 0.001 MODEL.WEIGHTS model_final.pth")
+    opts = key_value_opts(args.opts, "SOLVER.BASE_LR 0.001 MODEL.WEIGHTS model_final.pth")
     # OUTPUT_DIR in the trailing options is where train_net.py users put the output folder
     pairs = dict(zip(opts[::2], opts[1::2]))
     if "OUTPUT_DIR" in pairs:

@@ -30,8 +30,8 @@ SYNTHETIC_VAL = "d2nb_synthetic_val"
 
 __all__ = [
     "CLASS_NAMES", "DatasetChoice", "SYNTHETIC", "SYNTHETIC_TRAIN", "SYNTHETIC_VAL", "SyntheticSpec",
-    "check_training_data", "class_names", "default_datasets_root", "has_masks", "make_synthetic_dataset", "read_coco_json",
-    "register_coco_json", "register_roboflow_folder", "register_synthetic", "resolve_dataset",
+    "check_dataset_files", "class_names", "default_datasets_root", "has_masks", "make_synthetic_dataset",
+    "read_coco_json", "register_coco_json", "register_roboflow_folder", "register_synthetic", "resolve_dataset",
 ]
 
 
@@ -110,13 +110,14 @@ def _describe(train: str, val) -> DatasetChoice:
     return DatasetChoice(train, val, list(getattr(meta, "thing_classes", []) or []), masks)
 
 
-def check_training_data(choice: DatasetChoice) -> None:
-    """Before training starts, check what would stop it midway: for the train and val
-    datasets registered from a COCO json, that the json exists, that every annotation's
-    category is declared, and that every image file is there. Raises ``D2nbError``."""
+def check_dataset_files(names) -> None:
+    """Before training or evaluation starts, check what would stop it midway: for each of
+    the registered dataset ``names`` that comes from a COCO json, that the json exists, that
+    every annotation's category is declared, and that every image file is there. Raises
+    ``D2nbError`` naming the dataset, the files and the fix."""
     from detectron2.data import MetadataCatalog
 
-    for name in (choice.train, choice.val):
+    for name in names:
         json_file = getattr(MetadataCatalog.get(name), "json_file", None) if name else None
         if not json_file:
             continue  # registered from a function (or not a json): detectron2 reads it as it is
