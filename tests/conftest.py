@@ -15,7 +15,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
+
+
+def _shared_datasets() -> Path:
+    """``../shared/datasets`` beside the checkout; for a clone made elsewhere (a CI check in
+    /tmp), beside the repository it was cloned from; or where D2NB_SHARED_DATASETS says."""
+    candidates = [os.environ.get("D2NB_SHARED_DATASETS"), ROOT.parent / "shared" / "datasets"]
+    origin = subprocess.run(["git", "-C", str(ROOT), "config", "--get", "remote.origin.url"],
+                            capture_output=True, text=True).stdout.strip()
+    if origin and Path(origin).is_dir():
+        candidates.append(Path(origin).resolve().parent / "shared" / "datasets")
+    return next((Path(c) for c in candidates if c and Path(c).is_dir()), ROOT.parent / "shared" / "datasets")
+
+
+SHARED_DATASETS = _shared_datasets()
 
 
 @pytest.fixture(scope="session", autouse=True)
