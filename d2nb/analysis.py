@@ -71,11 +71,6 @@ def load_detections(detections) -> list:
     return json.loads(path.read_text())
 
 
-def class_names_of(coco) -> list:
-    """Class names in detectron2's order: categories sorted by id."""
-    return [c["name"] for c in sorted(coco.dataset["categories"], key=lambda c: c["id"])]
-
-
 # --------------------------------------------------------------------------- COCOeval arrays
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from d2nb import zoo
 from d2nb.data import SYNTHETIC, SyntheticSpec, resolve_dataset
+from d2nb.data.register import class_names as coco_class_names, read_coco_json
 from d2nb.devices import resolve_gpus
 from d2nb.errors import D2nbError
 from d2nb.monitor import in_notebook
@@ -278,7 +279,7 @@ def _console_warnings_only() -> None:
 def nan_notes(metrics: dict, gt_json, dataset: str = "") -> list:
     """A plain sentence for each nan in ``metrics``: which class or object size has no
     ground truth in the dataset, or that the model predicted nothing."""
-    coco = json.loads(Path(gt_json).read_text())
+    coco = read_coco_json(gt_json)
     annotations = [a for a in coco.get("annotations", []) if not a.get("iscrowd", 0)]
     counts = {c["name"]: 0 for c in coco["categories"]}
     names = {c["id"]: c["name"] for c in coco["categories"]}
@@ -345,8 +346,7 @@ def load_evaluation(output_dir) -> EvaluationResult:
     tables_file = folder / TABLES_FILE
     tables = json.loads(tables_file.read_text()) if tables_file.is_file() else {}
     metrics = {k: v for k, v in saved.items() if isinstance(v, dict)}
-    coco = json.loads(Path(saved["gt_json"]).read_text())
-    names = [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
+    names = coco_class_names(read_coco_json(saved["gt_json"]))
     return EvaluationResult(str(folder), saved.get("dataset", ""), saved["gt_json"], saved.get("image_root"),
                             names, metrics, tables, nan_notes(metrics, saved["gt_json"], saved.get("dataset", "")),
                             saved.get("training_run"))
