@@ -99,6 +99,8 @@ def bench_redraw(instances: int, repeats: int) -> dict:
 
 
 def bench_predict(args) -> dict:
+    """images/s of d2nb's variants and of DefaultPredictor, each the median of ``--passes``
+    passes over the pictures (the variants and the baseline take turns within every pass)."""
     import torch
     from detectron2.engine import DefaultPredictor
 
@@ -110,47 +112,87 @@ def bench_predict(args) -> dict:
     rng = np.random.default_rng(0)
     pictures = [draw_scene(rng, height, width, 5)[0] for _ in range(args.images)]
     weights = args.weights if args.weights is not None else ("none" if args.config == CPU_RECIPE else None)
-    torch.manual_seed(0)  # random weights: the same for d2nb and the baseline (seeded alike below)
+    torch.manual_seed(0)  # random weights: the same for every predictor (seeded alike below)
     predictor = Predictor(args.config, weights, device=args.device, score_floor=args.score_floor)
-
-    def images_per_second(batch: int, amp: bool = False) -> float:
-        predictor.amp = amp and predictor.device.startswith("cuda")
-        predictor.predict(pictures[:batch], batch_size=batch, progress=False)  # warm-up
-        predictor.set_score_floor(predictor.score_floor)  # empty the cache: every picture runs
-        _sync(torch)
-        started = time.perf_counter()
-        found = predictor.predict(pictures, batch_size=batch, progress=False)
-        _sync(torch)
-        seconds = time.perf_counter() - started
-        result[f"detections_per_picture_batch{batch}" + ("_amp" if amp else "")] = sum(map(len, found)) / len(found)
-        outputs[(batch, amp)] = found
-        return len(pictures) / seconds
-
-    outputs = {}
-    result = {"config": predictor.choice.label, "device": predictor.device, "pictures": args.images,
-              "size": args.size, "batch": args.batch, "score_floor": args.score_floor,
-              "default_predictor_threshold": args.threshold}
-    result["one_at_a_time_images_s"] = images_per_second(1)
-    result["batched_images_s"] = images_per_second(args.batch)
-    if predictor.device.startswith("cuda"):
-        result["batched_amp_images_s"] = images_per_second(args.batch, amp=True)
+    on_gpu = predictor.device.startswith("cuda")
+    variants = {"one_at_a_time": (predictor, 1, False), f"batch{args.batch}": (predictor, args.batch, False)}
+    if on_gpu:
+        torch.manual_seed(0)
+        amp = Predictor(args.config, weights, device=args.device, amp=True, score_floor=args.score_floor)
+        variants[f"batch{args.batch}_amp"] = (amp, args.batch, False)
+        variants[f"batch{args.batch}_autocast"] = (predictor, args.batch, True)
     torch.manual_seed(0)
     baseline = DefaultPredictor(_detectron2_cfg(predictor, args.threshold))
-    baseline(pictures[0][:, :, ::-1])
-    _sync(torch)
-    started = time.perf_counter()
-    theirs = [baseline(np.ascontiguousarray(picture[:, :, ::-1]))["instances"].to("cpu")  # BGR, as demo.py
-              for picture in pictures]
-    _sync(torch)
-    result["detectron2_default_predictor_images_s"] = len(pictures) / (time.perf_counter() - started)
-    result["default_predictor_instances"] = sum(len(t) for t in theirs)
-    for (batch, amp), found in outputs.items():
-        result[f"same_detections_batch{batch}" + ("_amp" if amp else "")] = same_detections(found, theirs)
-    result["batched_vs_one_at_a_time"] = result["batched_images_s"] / result["one_at_a_time_images_s"]
-    result["batched_vs_default_predictor"] = result["batched_images_s"] / result["detectron2_default_predictor_images_s"]
-    best = result.get("batched_amp_images_s", result["batched_images_s"])
-    result["batched_best_vs_default_predictor"] = best / result["detectron2_default_predictor_images_s"]
+
+    def run_variant(name):
+        chosen, batch, autocast = variants[name]
+        chosen._autocast = autocast  # torch.autocast around the fp32 model, for comparison
+        chosen.set_score_floor(chosen.score_floor)  # empty the cache: every picture runs
+        _sync(torch)
+        started = time.perf_counter()
+        found = chosen.predict(pictures, batch_size=batch, progress=False)
+        _sync(torch)
+        chosen._autocast = False
+        return found, time.perf_counter() - started
+
+    def run_baseline():
+        _sync(torch)
+        started = time.perf_counter()
+        theirs = [baseline(np.ascontiguousarray(picture[:, :, ::-1]))["instances"].to("cpu")  # BGR, as demo.py
+                  for picture in pictures]
+        _sync(torch)
+        return theirs, time.perf_counter() - started
+
+    for name, (chosen, batch, _) in variants.items():  # warm-up: cuDNN picks its algorithms per shape
+        chosen.predict(pictures[:2 * batch], batch_size=batch, progress=False)
+    baseline(np.ascontiguousarray(pictures[0][:, :, ::-1]))
+    seconds = {name: [] for name in [*variants, "default_predictor"]}
+    outputs = {}
+    for _ in range(args.passes):
+        for name in variants:
+            outputs[name], spent = run_variant(name)
+            seconds[name].append(spent)
+        theirs, spent = run_baseline()
+        seconds["default_predictor"].append(spent)
+    result = {"config": predictor.choice.label, "device": predictor.device, "pictures": args.images,
+              "size": args.size, "batch": args.batch, "score_floor": args.score_floor, "passes": args.passes,
+              "default_predictor_threshold": args.threshold, "default_predictor_instances": sum(len(t) for t in theirs),
+              "images_s": {name: len(pictures) / statistics.median(spent) for name, spent in seconds.items()},
+              "images_s_every_pass": {name: [round(len(pictures) / s, 2) for s in spent] for name, spent in seconds.items()},
+              "detections_per_picture": {name: sum(map(len, found)) / len(found) for name, found in outputs.items()},
+              "same_detections": {name: same_detections(found, theirs) for name, found in outputs.items()}}
+    base = result["images_s"]["default_predictor"]
+    result["vs_default_predictor"] = {name: v / base for name, v in result["images_s"].items()}
+    if args.dump:
+        dump = {name: [{"boxes": p.boxes.round(2).tolist(), "scores": p.scores.round(4).tolist(),
+                        "classes": p.classes.tolist()} for p in found] for name, found in outputs.items()}
+        dump["default_predictor"] = [{"boxes": t.pred_boxes.tensor.numpy().round(2).tolist(),
+                                      "scores": t.scores.numpy().round(4).tolist(),
+                                      "classes": t.pred_classes.numpy().tolist()} for t in theirs]
+        Path(args.dump).write_text(json.dumps(dump))
+    if args.profile:
+        profile_variant(run_variant, f"batch{args.batch}_amp" if on_gpu else f"batch{args.batch}", args.top)
     return result
+
+
+def profile_variant(run_variant, name: str, top: int) -> None:
+    """cProfile's functions by own time, and torch.profiler's operators, over one pass."""
+    import cProfile
+    import pstats
+
+    import torch
+
+    profile = cProfile.Profile()
+    activities = [torch.profiler.ProfilerActivity.CPU] + (
+        [torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with torch.profiler.profile(activities=activities) as kernels:
+        profile.enable()
+        run_variant(name)
+        profile.disable()
+    print(f"PROFILE {name}", flush=True)
+    pstats.Stats(profile).sort_stats("tottime").print_stats(top)
+    key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    print(kernels.key_averages().table(sort_by=key, row_limit=top), flush=True)
 
 
 def same_detections(ours: list, theirs: list, min_iou: float = 0.9, max_score_gap: float = 0.02) -> float:
@@ -217,6 +259,10 @@ def main(argv=None) -> int:
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="DefaultPredictor's SCORE_THRESH_TEST, as demo.py's --confidence-threshold (default "
                              "0.5); its instances are matched against all of d2nb's (score floor and above)")
+    parser.add_argument("--passes", type=int, default=3, help="timed passes over the pictures; the median counts")
+    parser.add_argument("--profile", action="store_true", help="also profile one pass of the batched (AMP) predictor")
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--dump", default=None, help="write every predictor's detections (json) here")
     parser.add_argument("--skip", choices=["redraw", "predict"], default=None)
     parser.add_argument("--out", default=None, help="write the results as json here")
     args = parser.parse_args(argv)
@@ -236,14 +282,14 @@ def main(argv=None) -> int:
     if args.skip != "predict":
         results["predict"] = bench_predict(args)
         r = results["predict"]
-        amp = f", batched+AMP {r['batched_amp_images_s']:.1f}" if "batched_amp_images_s" in r else ""
-        print(f"predict {r['config']} on {r['device']}, {r['pictures']} pictures {r['size']}: "
-              f"one at a time {r['one_at_a_time_images_s']:.1f} images/s, batch {r['batch']} "
-              f"{r['batched_images_s']:.1f} images/s (x{r['batched_vs_one_at_a_time']:.2f}){amp}; "
-              f"detectron2 DefaultPredictor {r['detectron2_default_predictor_images_s']:.1f} images/s "
-              f"(batched{'+AMP' if amp else ''} x{r['batched_best_vs_default_predictor']:.2f}); same detections: "
-              + ", ".join(f"{k[len('same_detections_'):]} {v:.1%}" for k, v in r.items() if k.startswith("same_detections_"))
-              + f" of {r['default_predictor_instances']}")
+        print(f"predict {r['config']} on {r['device']}, {r['pictures']} pictures {r['size']}, score floor "
+              f"{r['score_floor']}, DefaultPredictor at {r['default_predictor_threshold']} "
+              f"({r['default_predictor_instances']} instances), median of {r['passes']} passes:")
+        for name, speed in r["images_s"].items():
+            same = r["same_detections"].get(name)
+            print(f"  {name:>22}: {speed:6.1f} images/s  x{r['vs_default_predictor'][name]:.2f}"
+                  + (f"  same detections {same:.1%}" if same is not None else "")
+                  + f"  (passes: {r['images_s_every_pass'][name]})")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=1))

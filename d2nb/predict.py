@@ -24,6 +24,7 @@ import numpy as np
 
 from d2nb import zoo
 from d2nb.errors import D2nbError
+from d2nb.fast_inference import half_precision_backbone
 from d2nb.images import LoadedImage, safe_file_name
 
 logger = logging.getLogger("d2nb.predict")
@@ -31,6 +32,7 @@ logger = logging.getLogger("d2nb.predict")
 DEFAULT_SCORE_THRESHOLD = 0.5  # demo.py's --confidence-threshold default
 SCORE_FLOOR = 0.05
 CACHE_SIZE = 512  # predictions kept per predictor
+GPU_BATCHES_IN_FLIGHT = 2  # batches run at once on a GPU, each in its own thread and stream
 
 
 @dataclass
@@ -148,7 +150,14 @@ class Predictor:
         else:
             self.model, self.resize, self.input_format, dataset = _build_yaml(self.choice, self.device, opts)
         self.labels = _labels(dataset, self.choice.class_names, _num_classes(self.model))
+        # AMP: the backbone in float16, the heads (boxes, scores) in float32; autocast only for
+        # models without a detectron2 backbone (see d2nb.fast_inference)
+        self._autocast = self.amp and not hasattr(self.model, "backbone")
+        if self.amp and not self._autocast:
+            half_precision_backbone(self.model)
+        self._masks_in_boxes = _pastes_masks(self.model)
         self._cache = OrderedDict()
+        self.batches_in_flight = GPU_BATCHES_IN_FLIGHT if self.device.startswith("cuda") else 1
         self._ahead = {}  # id(picture): its resizing, started while the batch before it runs
         self.set_score_floor(self.score_floor)
 
@@ -177,58 +186,110 @@ class Predictor:
 
     def predict(self, images, batch_size: int = 4, progress: bool = True) -> list:
         """``Prediction`` for every picture that loaded (``LoadedImage`` with an error are
-        skipped; plain RGB arrays are accepted too), running ``batch_size`` per forward pass."""
+        skipped; plain RGB arrays are accepted too), running ``batch_size`` per forward pass.
+
+        On a GPU two batches are in flight at once (``batches_in_flight``), each in its own
+        thread and CUDA stream: while one waits for the GPU (detectron2's post-processing
+        synchronises often), the other runs its Python. Pictures are resized ahead, in
+        threads, as the batches need them.
+        """
         items = [_as_loaded(image, i) for i, image in enumerate(images)]
         items = [item for item in items if item.ok]
-        keys = [_image_key(item.image) for item in items]
+        pool = _resize_pool()
+        keys = list(pool.map(_image_key, [item.image for item in items]))  # hashing frees the GIL
         todo = [i for i, key in enumerate(keys) if key not in self._cache]
         batch_size = max(1, int(batch_size))
         batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
         bar = _progress(len(todo), progress)
-        pool = _resize_pool()
+        in_flight = max(1, min(int(self.batches_in_flight), len(batches)))
 
-        def resize_ahead(batch):  # the next batch resizes in threads while this one runs
-            for i in batch:
-                self._ahead[id(items[i].image)] = pool.submit(self._resized, items[i].image)
+        def resize_ahead(n):  # batch n's pictures, resized in threads while earlier batches run
+            for i in batches[n] if n < len(batches) else []:
+                self._ahead[id(items[i].image)] = pool.submit(self._input_tensor, items[i].image)
+
+        def run(n):
+            batch = batches[n]
+            return _to_predictions(self._forward([items[i].image for i in batch]), [items[i] for i in batch],
+                                   self.labels)
 
         self._ahead = {}
         try:
-            resize_ahead(batches[0] if batches else [])
-            for n, batch in enumerate(batches):
-                if n + 1 < len(batches):
-                    resize_ahead(batches[n + 1])
-                for index, output in zip(batch, self._forward([items[i].image for i in batch])):
-                    self._remember(keys[index], _to_prediction(output, items[index], self.labels))
-                bar.update(len(batch))
+            for n in range(in_flight + 1):
+                resize_ahead(n)
+            for n, predictions in enumerate(self._run_batches(run, len(batches), in_flight)):
+                resize_ahead(n + in_flight + 1)
+                for index, prediction in zip(batches[n], predictions):
+                    self._remember(keys[index], prediction)
+                bar.update(len(batches[n]))
         finally:
             self._ahead = {}
         bar.close()
         return [replace(self._cache[key], name=item.name, source=item.source, scale=item.scale,
                         image=item.image) for key, item in zip(keys, items)]
 
+    def _run_batches(self, run, count: int, in_flight: int):
+        """``run(0)``, ``run(1)``... in order; with ``in_flight`` > 1, that many at once, each
+        worker thread in its own CUDA stream on a GPU."""
+        if in_flight == 1:
+            yield from (run(n) for n in range(count))
+            return
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        import torch
+
+        local = threading.local()
+        device = torch.device(self.device)
+
+        def in_stream(n):
+            if device.type != "cuda":
+                return run(n)
+            if not hasattr(local, "stream"):
+                local.stream = torch.cuda.Stream(device=device)
+            with torch.cuda.stream(local.stream):
+                return run(n)
+
+        with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="d2nb-batch") as workers:
+            futures = {n: workers.submit(in_stream, n) for n in range(min(in_flight, count))}
+            for n in range(count):
+                predictions = futures.pop(n).result()
+                if n + in_flight < count:
+                    futures[n + in_flight] = workers.submit(in_stream, n + in_flight)
+                yield predictions
+
     def _forward(self, images: list) -> list:
+        """The model's outputs for RGB ``images``: ``{"instances": ...}`` scaled to each picture
+        (masks left as ``mask_probs`` for ``_to_predictions`` to paste), or the panoptic and
+        semantic outputs."""
         import torch
 
         with torch.inference_mode():
             ahead = [self._ahead.pop(id(image), None) for image in images]
-            pixels = [job.result() if job else self._resized(image) for job, image in zip(ahead, images)]
-            # PIL's pictures are read-only arrays, which torch.from_numpy warns about
-            tensors = [torch.from_numpy(np.require(p, requirements="W")) for p in pixels]
+            pixels = [job.result() if job else self._input_tensor(image) for job, image in zip(ahead, images)]
             inputs = [{"image": t.to(self.device, non_blocking=True).permute(2, 0, 1).float(),
-                       "height": image.shape[0], "width": image.shape[1]} for t, image in zip(tensors, images)]
-            with torch.autocast("cuda", enabled=self.amp):
-                return self.model(inputs)
+                       "height": image.shape[0], "width": image.shape[1]} for t, image in zip(pixels, images)]
+            with torch.autocast("cuda", enabled=self._autocast):
+                if not self._masks_in_boxes:
+                    return self.model(inputs)
+                raw = self.model.inference(inputs, do_postprocess=False)
+                return [{"instances": _scaled_keeping_mask_probs(instances, item["height"], item["width"])}
+                        for instances, item in zip(raw, inputs)]
 
-    def _resized(self, image: np.ndarray) -> np.ndarray:
-        """The picture as the model takes it (HxWxC uint8, the config's colour order), resized
-        as ``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST`` say with detectron2's own transform, so
-        that the model sees exactly the pixels that ``DefaultPredictor`` and demo.py give it."""
+    def _input_tensor(self, image: np.ndarray):
+        """The picture as the model takes it (HxWxC uint8 tensor, the config's colour order),
+        resized as ``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST`` say with detectron2's own transform,
+        so that the model sees exactly the pixels that ``DefaultPredictor`` and demo.py give it;
+        in pinned memory for a GPU, so that its copy there does not wait."""
+        import torch
+
         if self.input_format == "BGR":
             image = image[:, :, ::-1]
         image = np.ascontiguousarray(image)
-        if not self.resize.short_edge_length[0]:  # INPUT.MIN_SIZE_TEST 0: as it is, as detectron2 does
-            return image
-        return self.resize.get_transform(image).apply_image(image)
+        if self.resize.short_edge_length[0]:  # INPUT.MIN_SIZE_TEST 0: as it is, as detectron2 does
+            image = self.resize.get_transform(image).apply_image(image)
+        # PIL's pictures are read-only arrays, which torch.from_numpy warns about
+        tensor = torch.from_numpy(np.require(image, requirements="W"))
+        return tensor.pin_memory() if self.device.startswith("cuda") else tensor
 
     def _remember(self, key, prediction) -> None:
         self._cache[key] = prediction
@@ -348,16 +409,81 @@ def _labels(dataset_name, class_names, num_classes) -> Labels:
 # --------------------------------------------------------------------------- outputs
 
 
-def _to_prediction(output: dict, item: LoadedImage, labels: Labels) -> Prediction:
+def _pastes_masks(model) -> bool:
+    """Whether d2nb pastes this model's masks itself (inside each box, see
+    ``fast_inference.mask_crops``): R-CNN models with a mask head."""
+    from detectron2.modeling import GeneralizedRCNN
+
+    return isinstance(model, GeneralizedRCNN) and bool(getattr(model.roi_heads, "mask_on", False))
+
+
+def _scaled_keeping_mask_probs(instances, height: int, width: int):
+    """detectron2's ``detector_postprocess`` (boxes scaled to the picture, clipped, empty ones
+    dropped) with the mask probabilities kept unpasted, as ``mask_probs`` ``(N, M, M)``."""
+    from detectron2.modeling.postprocessing import detector_postprocess
+
+    fields = instances.get_fields()
+    if "pred_masks" in fields:
+        fields["mask_probs"] = fields.pop("pred_masks")[:, 0]
+    return detector_postprocess(instances, height, width)
+
+
+def _to_predictions(outputs: list, items: list, labels: Labels) -> list:
+    """``Prediction`` per picture of a batch; boxes, scores and classes of the whole batch come
+    off the GPU in one copy, and so do the masks (pasted inside their boxes)."""
+    import torch
+
+    columns = []
+    for output in outputs:
+        instances = output.get("instances")
+        if instances is None or not instances.has("pred_boxes"):
+            columns.append(None)
+            continue
+        columns.append(torch.cat([instances.pred_boxes.tensor.float(), instances.scores.float()[:, None],
+                                  instances.pred_classes.float()[:, None]], dim=1))
+    present = [c for c in columns if c is not None]
+    table = torch.cat(present).cpu().numpy() if present else np.zeros((0, 6), np.float32)
+    rows, start = [], 0
+    for column in columns:
+        count = 0 if column is None else len(column)
+        rows.append(table[start:start + count])
+        start += count
+    pasted = _paste_batch(outputs, rows, items)
+    return [_to_prediction(output, item, labels, row, masks)
+            for output, item, row, masks in zip(outputs, items, rows, pasted)]
+
+
+def _paste_batch(outputs: list, rows: list, items: list) -> list:
+    """Mask crops per picture for outputs holding ``mask_probs``: every instance of the batch
+    pasted together (``fast_inference.mask_crops``); ``None`` for the other outputs."""
+    import torch
+
+    from d2nb.fast_inference import crop_windows, paste_crops
+
+    probs, boxes, windows, owners = [], [], [], []
+    for n, (output, row, item) in enumerate(zip(outputs, rows, items)):
+        instances = output.get("instances")
+        if instances is not None and instances.has("mask_probs") and len(row):
+            height, width = item.image.shape[:2]
+            probs.append(instances.mask_probs)
+            boxes.append(instances.pred_boxes.tensor)
+            windows.append(crop_windows(row[:, :4], height, width))
+            owners += [n] * len(row)
+    pasted = [[] if o.get("instances") is not None and o["instances"].has("mask_probs") else None for o in outputs]
+    if probs:
+        crops = paste_crops(torch.cat(probs), torch.cat(boxes), np.concatenate(windows))
+        for owner, crop in zip(owners, crops):
+            pasted[owner].append(crop)
+    return pasted
+
+
+def _to_prediction(output: dict, item: LoadedImage, labels: Labels, row: np.ndarray, pasted) -> Prediction:
     height, width = item.image.shape[:2]
-    boxes = np.zeros((0, 4), np.float32)
-    scores, classes, masks, keypoints = np.zeros(0, np.float32), np.zeros(0, np.int64), None, None
+    boxes, scores, classes = row[:, :4].copy(), row[:, 4].copy(), row[:, 5].astype(np.int64)
+    masks, keypoints = pasted, None
     if "instances" in output:
         instances = output["instances"]
-        boxes = instances.pred_boxes.tensor.float().cpu().numpy() if instances.has("pred_boxes") else boxes
-        scores = instances.scores.float().cpu().numpy()
-        classes = instances.pred_classes.cpu().numpy()
-        if instances.has("pred_masks"):
+        if masks is None and instances.has("pred_masks"):
             masks = _mask_crops(instances.pred_masks, boxes, height, width)
         if instances.has("pred_keypoints"):
             keypoints = instances.pred_keypoints.float().cpu().numpy()
@@ -376,16 +502,14 @@ def _to_prediction(output: dict, item: LoadedImage, labels: Labels) -> Predictio
 
 
 def _mask_crops(pred_masks, boxes: np.ndarray, height: int, width: int) -> list:
-    """Each instance's full-size mask cropped to its box (and a pixel of margin, for rounded
-    edges), copied off the GPU in one transfer rather than one per instance."""
+    """Each instance's full-size mask (pasted by detectron2: panoptic models) cropped to its
+    box and a pixel of margin, copied off the GPU in one transfer rather than one per instance."""
     import torch
 
-    windows = []
-    for x0, y0, x1, y1 in boxes:
-        left, top = max(0, int(x0) - 1), max(0, int(y0) - 1)
-        right, bottom = min(width, int(np.ceil(x1)) + 1), min(height, int(np.ceil(y1)) + 1)
-        windows.append((left, top, max(left, right), max(top, bottom)))
-    if not windows:
+    from d2nb.fast_inference import crop_windows
+
+    windows = crop_windows(boxes, height, width)
+    if not len(windows):
         return []
     flat = torch.cat([mask[top:bottom, left:right].reshape(-1)
                       for mask, (left, top, right, bottom) in zip(pred_masks, windows)])
@@ -393,7 +517,7 @@ def _mask_crops(pred_masks, boxes: np.ndarray, height: int, width: int) -> list:
     crops, start = [], 0
     for left, top, right, bottom in windows:
         size = (bottom - top) * (right - left)
-        crops.append((left, top, flat[start:start + size].reshape(bottom - top, right - left)))
+        crops.append((int(left), int(top), flat[start:start + size].reshape(bottom - top, right - left)))
         start += size
     return crops
 

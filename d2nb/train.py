@@ -35,6 +35,7 @@ from d2nb.errors import D2nbError
 from d2nb.faults import diverged, is_out_of_memory, out_of_memory
 from d2nb.monitor import LiveMonitor, LiveView, TrainingCurves, follow_metrics_file, in_notebook
 from d2nb.parameters import check_settings
+from d2nb.roi_align import use_separable_roi_align
 
 logger = logging.getLogger("d2nb.train")
 
@@ -492,6 +493,15 @@ class Trainer(DefaultTrainer):
         self.checkpointer = AtomicCheckpointer(self.checkpointer.model, self.cfg.OUTPUT_DIR,
                                                trainer=self.checkpointer.checkpointables["trainer"])
         return super().build_hooks() + self._extra_hooks
+
+    @classmethod
+    def build_model(cls, cfg):
+        """detectron2's model; on the CPU its ROIAlign backward runs as matrix products
+        (``d2nb.roi_align``: same results, a quarter less time per CPU-recipe step)."""
+        model = super().build_model(cfg)
+        if cfg.MODEL.DEVICE == "cpu":
+            use_separable_roi_align(model)
+        return model
 
     @classmethod
     def build_optimizer(cls, cfg, model):

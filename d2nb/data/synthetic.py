@@ -16,15 +16,15 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from pycocotools import mask as mask_util
 
 CLASS_NAMES = ("circle", "triangle", "square", "star")
 # Each class has its own hue family (OpenCV hue, 0-180): shape and colour both tell the class,
 # which lets a small model trained from scratch on two CPU cores learn it in minutes.
 CLASS_HUES = (0, 60, 110, 28)
 SPLITS = ("train", "val")
-_SUBPIXEL_BITS = 4  # cv2.fillPoly fixed-point precision: polygons drawn to 1/16 pixel
 _MAX_HIDDEN_FRACTION = 0.25 # a new shape may hide at most this much of an earlier one
-GENERATOR_VERSION = 4  # part of the folder name: a changed generator never reuses old files
+GENERATOR_VERSION = 5  # part of the folder name: a changed generator never reuses old files
 
 
 @dataclass(frozen=True)
@@ -102,58 +102,87 @@ def _write_split(folder: Path, split: str, split_index: int, count: int, spec: S
 
 
 def draw_scene(rng: np.random.Generator, height: int, width: int, max_shapes: int):
-    """Draw one image; return (RGB uint8 image, [(category_id, polygons, bbox, area)])."""
+    """Draw one image; return (RGB uint8 image, [(category_id, polygons, bbox, area)]).
+
+    Every shape is painted on exactly the pixels that COCO's own rasterisation (pycocotools,
+    which evaluation uses) makes of its annotation, so the picture and the ground truth agree
+    to the pixel: a model is scored on what it can see, not on how two rasterisers differ.
+    """
     image = _background(rng, height, width)
     placed = []  # (category_id, polygon, full mask)
     for _ in range(int(rng.integers(1, max_shapes + 1))):
         for _attempt in range(10):
             category_index = int(rng.integers(len(CLASS_NAMES)))
-            polygon = _shape_polygon(rng, CLASS_NAMES[category_index], height, width)
-            mask = _fill(np.zeros((height, width), np.uint8), polygon, 1)
+            polygon = _clip(_shape_polygon(rng, CLASS_NAMES[category_index], height, width), height, width)
+            mask = _raster([polygon.ravel().tolist()], height, width)
             if mask.sum() < 12:
                 continue
-            if all((m & mask).sum() <= _MAX_HIDDEN_FRACTION * m.sum() for _, _, m in placed):
+            if all((m & mask).sum() <= _MAX_HIDDEN_FRACTION * m.sum() for _, _, m in placed) \
+                    and not _leaves_a_hole(placed, mask):
                 break
         else:
             continue
         colour = _contrasting_colour(rng, image, mask, CLASS_HUES[category_index])
-        _fill(image, polygon, colour)
+        image[mask.astype(bool)] = colour
         placed.append((category_index + 1, polygon, mask))
-    return image, _visible_instances(placed, height, width)
+    return image, _visible_instances(placed)
 
 
-def _visible_instances(placed, height, width):
+def _visible_instances(placed):
     instances = []
     for index, (category_id, polygon, mask) in enumerate(placed):
-        covered = np.zeros_like(mask)
-        for _, _, later in placed[index + 1:]:
-            covered |= later
-        visible = mask & (1 - covered)
-        if not covered.any() or not (covered & mask).any():
-            clipped = polygon.copy()
-            clipped[:, 0] = clipped[:, 0].clip(0, width)
-            clipped[:, 1] = clipped[:, 1].clip(0, height)
-            polygons = [clipped.round(2).ravel().tolist()]
-            x0, y0 = clipped.min(axis=0)
-            x1, y1 = clipped.max(axis=0)
+        visible = _visible(mask, [later for _, _, later in placed[index + 1:]])
+        if visible.sum() == mask.sum():
+            polygons = [polygon.ravel().tolist()]
         else:  # partly hidden: the annotation is the visible region, as COCO annotates it
-            contours, _ = cv2.findContours(visible, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-            polygons = [(c.reshape(-1, 2) + 0.5).ravel().tolist() for c in contours if len(c) >= 3]
+            polygons = _outline_polygons(visible)
             if not polygons:
                 continue
-            ys, xs = np.nonzero(visible)
-            x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
-        bbox = [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
-        instances.append((category_id, polygons, [round(v, 2) for v in bbox], float(visible.sum())))
+        ys, xs = np.nonzero(visible)
+        bbox = [float(xs.min()), float(ys.min()), float(xs.max() + 1 - xs.min()), float(ys.max() + 1 - ys.min())]
+        instances.append((category_id, polygons, bbox, float(visible.sum())))
     return instances
 
 
-def _fill(image: np.ndarray, polygon: np.ndarray, colour) -> np.ndarray:
-    points = np.round(polygon * (1 << _SUBPIXEL_BITS)).astype(np.int32)
-    # fillPoly samples pixel centres at integer coordinates; COCO pixels are centred at +0.5
-    points -= 1 << (_SUBPIXEL_BITS - 1)
-    cv2.fillPoly(image, [points], colour, lineType=cv2.LINE_8, shift=_SUBPIXEL_BITS)
-    return image
+def _visible(mask: np.ndarray, later: list) -> np.ndarray:
+    visible = mask.copy()
+    for other in later:
+        visible &= 1 - other
+    return visible
+
+
+def _raster(polygons: list, height: int, width: int) -> np.ndarray:
+    """The uint8 0/1 mask pycocotools makes of COCO ``polygons`` (what COCOeval compares)."""
+    return mask_util.decode(mask_util.merge(mask_util.frPyObjects(polygons, height, width)))
+
+
+def _clip(polygon: np.ndarray, height: int, width: int) -> np.ndarray:
+    clipped = polygon.copy()
+    clipped[:, 0] = clipped[:, 0].clip(0, width)
+    clipped[:, 1] = clipped[:, 1].clip(0, height)
+    return clipped.round(2)
+
+
+def _outline_polygons(mask: np.ndarray) -> list:
+    """COCO polygons whose rasterisation is ``mask``: its outer contours traced on the mask
+    doubled in size, so that they run a quarter pixel inside the region's pixel edges (every
+    region pixel's centre inside them, every other pixel's centre outside)."""
+    doubled = np.kron(mask, np.ones((2, 2), np.uint8))
+    contours, _ = cv2.findContours(doubled, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return [((c.reshape(-1, 2) + 0.5) / 2).round(2).ravel().tolist() for c in contours if len(c) >= 3]
+
+
+def _leaves_a_hole(placed, new: np.ndarray) -> bool:
+    """Whether painting ``new`` would leave a hole in the visible region of a shape already
+    placed, which COCO polygons cannot represent; such a shape is drawn again elsewhere."""
+    for index, (_, _, earlier) in enumerate(placed):
+        if not (earlier & new).any():
+            continue
+        visible = _visible(earlier, [m for _, _, m in placed[index + 1:]] + [new])
+        _, hierarchy = cv2.findContours(visible, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+        if hierarchy is not None and (hierarchy[0][:, 3] >= 0).any():
+            return True
+    return False
 
 
 def _shape_polygon(rng, name: str, height: int, width: int) -> np.ndarray:

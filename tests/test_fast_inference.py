@@ -1,0 +1,115 @@
+"""Speed-ups that must not change results: the separable ROIAlign of CPU training, masks
+pasted inside their boxes, norms folded into convolutions and the float16 backbone."""
+
+import numpy as np
+import pytest
+import torch
+from detectron2.layers import Conv2d, FrozenBatchNorm2d, paste_masks_in_image
+from torchvision.ops import roi_align
+
+from d2nb import fast_inference
+from d2nb.fast_inference import crop_windows, fold_norms, half_precision_backbone, paste_crops
+from d2nb.roi_align import ROIAlign, separable_roi_align, use_separable_roi_align
+
+
+def random_rois(generator, count, images, size, max_side):
+    """RoIs of every kind: inside, across the border, outside, and empty."""
+    corner = torch.rand(count, 2, generator=generator) * (size + 40) - 20
+    sides = torch.rand(count, 2, generator=generator) * max_side
+    sides[:5] = 0  # degenerate boxes: torchvision returns zeros for them
+    image = torch.randint(0, images, (count, 1), generator=generator).float()
+    return torch.cat([image, corner, corner + sides], dim=1)
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+@pytest.mark.parametrize("output_size", [7, 14])
+def test_separable_roi_align_gives_torchvisions_values_and_gradients(aligned, sampling_ratio, output_size):
+    generator = torch.Generator().manual_seed(output_size * 10 + sampling_ratio)
+    features = torch.randn(3, 8, 24, 20, generator=generator, requires_grad=True)
+    rois = random_rois(generator, 60, 3, 96, 70)
+    upstream = torch.randn(60, 8, output_size, output_size, generator=generator)
+    expected = roi_align(features, rois, (output_size, output_size), 0.25, sampling_ratio, aligned)
+    (expected * upstream).sum().backward()
+    expected_grad, features.grad = features.grad.clone(), None
+    ours = separable_roi_align(features, rois, (output_size, output_size), 0.25, sampling_ratio, aligned)
+    (ours * upstream).sum().backward()
+    assert torch.allclose(ours, expected, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(features.grad, expected_grad, atol=1e-5, rtol=1e-4)
+    assert expected.abs().sum() > 0 and expected_grad.abs().sum() > 0
+
+
+def test_cpu_training_models_use_the_separable_roi_align():
+    from d2nb.train import Trainer, TrainSettings, build_config
+
+    cfg = build_config(TrainSettings(gpus=0, output_dir="/tmp/d2nb-test-roi", monitor=False))
+    model = Trainer.build_model(cfg)
+    poolers = [m for m in model.modules() if "ROIAlign" in type(m).__name__]
+    assert poolers and all(isinstance(m, ROIAlign) for m in poolers)
+    from detectron2.modeling import build_model
+    assert use_separable_roi_align(build_model(cfg)) == len(poolers)
+
+
+def test_masks_pasted_inside_their_boxes_are_detectron2s_pasted_in_the_picture(monkeypatch):
+    generator = torch.Generator().manual_seed(0)
+    height, width, count = 70, 90, 40
+    corner = torch.rand(count, 2, generator=generator) * torch.tensor([width, height]) - 5
+    boxes = torch.cat([corner, corner + 3 + torch.rand(count, 2, generator=generator) * 60], dim=1)
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    probs = torch.rand(count, 28, 28, generator=generator)
+    probs[:4] = 1.0  # saturated masks reach the box edges
+    expected = paste_masks_in_image(probs, boxes, (height, width)).numpy()
+    monkeypatch.setattr(fast_inference, "CANVAS_LIMIT", 20_000)  # several groups, as large pictures get
+    crops = paste_crops(probs, boxes, crop_windows(boxes.numpy(), height, width))
+    for mask, (left, top, crop) in zip(expected, crops):
+        pasted = np.zeros_like(mask)
+        pasted[top:top + crop.shape[0], left:left + crop.shape[1]] = crop
+        assert (pasted == mask).all()
+    assert sum(c.sum() for _, _, c in crops) > 0.3 * expected.size / count * count / 10
+
+
+def test_folded_norms_compute_what_conv_then_norm_computed():
+    torch.manual_seed(0)
+    batch_norm = torch.nn.BatchNorm2d(6)
+    batch_norm.running_mean.uniform_(-1, 1)
+    batch_norm.running_var.uniform_(0.5, 2)
+    frozen = FrozenBatchNorm2d(6)
+    frozen.weight.uniform_(0.5, 2)
+    frozen.bias.uniform_(-1, 1)
+    frozen.running_mean.uniform_(-1, 1)
+    layers = torch.nn.Sequential(Conv2d(3, 6, 3, bias=False, norm=batch_norm), Conv2d(6, 6, 3, bias=True, norm=frozen)).eval()
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        before = layers(x)
+        assert fold_norms(layers) == 2
+        after = layers(x)
+    assert all(m.norm is None for m in layers)
+    assert torch.allclose(before, after, atol=1e-5)
+
+
+def test_the_float16_backbone_finds_what_the_float32_model_finds():
+    """On the CPU (float16 convolutions run there too, slowly): same boxes within a pixel for
+    the confident detections of a randomly initialised recipe model."""
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from d2nb.zoo import resolve_config
+
+    cfg = get_cfg()
+    cfg.set_new_allowed(True)
+    cfg.merge_from_file(resolve_config("mask_rcnn_R_18_FPN_cpu.yaml")[0])
+    cfg.MODEL.DEVICE = "cpu"
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    images = [{"image": torch.randint(0, 255, (3, 128, 128)).float(), "height": 128, "width": 128}]
+    with torch.no_grad():
+        features32 = model.backbone(model.preprocess_image(images).tensor)
+        half_precision_backbone(model, channels_last=True)
+        features16 = model.backbone(model.preprocess_image(images).tensor)
+    assert set(features16) == set(features32)
+    for name, feature in features16.items():
+        assert feature.dtype == torch.float32 and feature.is_contiguous()
+        error = (feature - features32[name]).norm() / features32[name].norm()
+        assert error < 1e-2, (name, error)
+    assert model.backbone.size_divisibility == 32
