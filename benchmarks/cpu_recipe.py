@@ -29,6 +29,7 @@ def main(argv=None) -> int:
     parser.add_argument("--num-train", type=int, default=None, help="synthetic training images")
     parser.add_argument("--num-val", type=int, default=None, help="synthetic validation images")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--config", default=None, help="a yaml in place of the recipe (e.g. an edited copy)")
     parser.add_argument("--output-root", default="/tmp/d2nb-cpu-recipe")
     parser.add_argument("--out", default="/tmp/d2nb-cpu-recipe/results.jsonl")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[])
@@ -39,9 +40,13 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     from dataclasses import replace
 
+    import d2nb.modeling
     from d2nb.train import TrainSettings, train
 
-    settings = TrainSettings(gpus=0, output_dir=str(Path(args.output_root) / args.tag), max_iter=args.max_iter,
+    d2nb.modeling.register()
+
+    settings = TrainSettings(gpus=0, output_dir=str(Path(args.output_root) / args.tag), config=args.config,
+                             max_iter=args.max_iter,
                              ims_per_batch=args.ims, base_lr=args.base_lr, seed=args.seed, monitor=False,
                              opts=list(args.opts))
     spec = settings.synthetic

@@ -117,6 +117,7 @@ def evaluate(settings: EvaluationSettings) -> EvaluationResult:
     from detectron2.evaluation import COCOEvaluator, inference_on_dataset
     from detectron2.modeling import build_model
 
+    from d2nb.modeling import register as register_model_parts
     from d2nb.train import _prepare_output_dir, setup_run_logging
 
     cfg, name, choice = build_evaluation_config(settings)
@@ -125,6 +126,7 @@ def evaluate(settings: EvaluationSettings) -> EvaluationResult:
     setup_run_logging(cfg.OUTPUT_DIR, quiet_console=in_notebook())
     if in_notebook():
         _console_warnings_only()
+    register_model_parts()  # a d2nb recipe names d2nb's backbone and ROI heads
     model = build_model(cfg)
     _load_weights(model, cfg.MODEL.WEIGHTS, MetadataCatalog.get(name).get("thing_classes"))
     evaluator = COCOEvaluator(name, output_dir=str(Path(cfg.OUTPUT_DIR, "inference")), use_fast_impl=False,

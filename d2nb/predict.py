@@ -318,8 +318,10 @@ def _build_yaml(choice, device: str, opts):
     from detectron2.data import transforms as T
     from detectron2.modeling import build_model
 
+    from d2nb.modeling import register as register_model_parts
     from d2nb.checkpoint import AtomicCheckpointer
 
+    register_model_parts()  # a d2nb recipe names d2nb's backbone and ROI heads
     cfg = get_cfg()
     cfg.set_new_allowed(True)  # config.yaml of a d2nb run carries d2nb's keys (SOLVER.OPTIMIZER)
     cfg.merge_from_file(choice.config)

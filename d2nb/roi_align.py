@@ -55,6 +55,8 @@ def separable_roi_align(features, rois, output_size, spatial_scale: float, sampl
     (image index, x0, y0, x1, y1), computed as matrix products (see the module docstring)."""
     pooled_h, pooled_w = (output_size, output_size) if isinstance(output_size, int) else output_size
     n, c, height, width = features.shape
+    if not len(rois):  # a pyramid level no RoI was assigned to: nothing to pool, nothing to learn
+        return features.new_zeros(0, c, pooled_h, pooled_w)
     rois = rois.to(features.dtype)
     offset = 0.5 if aligned else 0.0
     x0, y0 = rois[:, 1] * spatial_scale - offset, rois[:, 2] * spatial_scale - offset
@@ -64,16 +66,18 @@ def separable_roi_align(features, rois, output_size, spatial_scale: float, sampl
     with torch.no_grad():  # sampling weights depend on the boxes only, which get no gradient here
         rows = _axis_weights(y0, roi_h, pooled_h, height, sampling_ratio)
         columns = _axis_weights(x0, roi_w, pooled_w, width, sampling_ratio)
-    out = features.new_zeros(rois.shape[0], c, pooled_h, pooled_w)
     images = rois[:, 0].long()
+    parts, order = [], []
     for image in torch.unique(images).tolist():
         index = torch.nonzero(images == image).squeeze(1)
         # rows first: (R*ph, H) @ (H, C*W), then each RoI's columns: (R, C*ph, W) @ (R, W, pw)
         by_rows = rows[index].reshape(-1, height) @ features[image].permute(1, 0, 2).reshape(height, c * width)
         by_rows = by_rows.reshape(len(index), pooled_h, c, width).permute(0, 2, 1, 3).reshape(len(index), c * pooled_h, width)
-        pooled = torch.bmm(by_rows, columns[index].transpose(1, 2)).reshape(len(index), c, pooled_h, pooled_w)
-        out = out.index_copy(0, index, pooled)
-    return out
+        parts.append(torch.bmm(by_rows, columns[index].transpose(1, 2)).reshape(len(index), c, pooled_h, pooled_w))
+        order.append(index)
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat(parts)[torch.argsort(torch.cat(order))]
 
 
 class ROIAlign(nn.Module):

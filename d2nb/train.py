@@ -35,12 +35,14 @@ from d2nb.errors import D2nbError
 from d2nb.faults import diverged, is_out_of_memory, out_of_memory
 from d2nb.monitor import LiveMonitor, LiveView, TrainingCurves, follow_metrics_file, in_notebook
 from d2nb.parameters import check_settings
+from d2nb.modeling import register as register_model_parts
 from d2nb.roi_align import use_separable_roi_align
 
 logger = logging.getLogger("d2nb.train")
 
 FINE_TUNE_MAX_ITER = 1000  # model-zoo configs schedule 90k+ iterations for COCO; too many for fine-tuning
 FINE_TUNE_IMS_PER_GPU = 2  # fits a Colab T4 with Mask R-CNN R-50 at 800 px
+GPU_RECIPE_WORKERS = 4  # loader processes on a GPU for a recipe that loads in-process on the CPU
 
 
 @dataclass
@@ -175,6 +177,8 @@ def build_config(settings: TrainSettings):
     cfg.TEST.EVAL_PERIOD = int(settings.eval_period or 0)
     if settings.num_workers is not None:
         cfg.DATALOADER.NUM_WORKERS = int(settings.num_workers)
+    elif gpus and cfg.DATALOADER.NUM_WORKERS == 0:  # the CPU recipe loads in-process; a GPU step would wait
+        cfg.DATALOADER.NUM_WORKERS = min(GPU_RECIPE_WORKERS, os.cpu_count() or 1)
     cfg.MODEL.DEVICE = "cuda" if gpus else "cpu"
     cfg.SEED = int(settings.seed)
     cfg.OUTPUT_DIR = str(settings.output_dir)
@@ -498,6 +502,7 @@ class Trainer(DefaultTrainer):
     def build_model(cls, cfg):
         """detectron2's model; on the CPU its ROIAlign backward runs as matrix products
         (``d2nb.roi_align``: same results, a quarter less time per CPU-recipe step)."""
+        register_model_parts()
         model = super().build_model(cfg)
         if cfg.MODEL.DEVICE == "cpu":
             use_separable_roi_align(model)

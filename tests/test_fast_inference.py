@@ -66,7 +66,7 @@ def test_masks_pasted_inside_their_boxes_are_detectron2s_pasted_in_the_picture(m
         pasted = np.zeros_like(mask)
         pasted[top:top + crop.shape[0], left:left + crop.shape[1]] = crop
         assert (pasted == mask).all()
-    assert sum(c.sum() for _, _, c in crops) > 0.3 * expected.size / count * count / 10
+    assert sum(crop.sum() for _, _, crop in crops) == expected.sum() > 0
 
 
 def test_folded_norms_compute_what_conv_then_norm_computed():
@@ -94,8 +94,10 @@ def test_the_float16_backbone_finds_what_the_float32_model_finds():
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
+    from d2nb.modeling import register
     from d2nb.zoo import resolve_config
 
+    register()
     cfg = get_cfg()
     cfg.set_new_allowed(True)
     cfg.merge_from_file(resolve_config("mask_rcnn_R_18_FPN_cpu.yaml")[0])
@@ -112,4 +114,23 @@ def test_the_float16_backbone_finds_what_the_float32_model_finds():
         assert feature.dtype == torch.float32 and feature.is_contiguous()
         error = (feature - features32[name]).norm() / features32[name].norm()
         assert error < 1e-2, (name, error)
-    assert model.backbone.size_divisibility == 32
+    assert model.backbone.size_divisibility == model.backbone.body.size_divisibility == 16  # res4 is the last stage
+
+
+def test_two_batches_in_flight_give_the_predictions_of_one():
+    """The GPU's pipelining (two worker threads, one CUDA stream each), run here on the CPU."""
+    from d2nb.data.synthetic import draw_scene
+    from d2nb.predict import Predictor
+
+    rng = np.random.default_rng(1)
+    pictures = [draw_scene(rng, 96, 128, 4)[0] for _ in range(7)]
+    torch.manual_seed(0)
+    predictor = Predictor("mask_rcnn_R_18_FPN_cpu.yaml", "none", device="cpu", score_floor=0.0)
+    one = predictor.predict(pictures, batch_size=2, progress=False)
+    predictor.set_score_floor(0.0)  # empties the cache
+    predictor.batches_in_flight = 2
+    two = predictor.predict(pictures, batch_size=2, progress=False)
+    assert sum(map(len, one)) > 0
+    for a, b in zip(one, two):
+        assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores)
+        assert all(np.array_equal(x[2], y[2]) and x[:2] == y[:2] for x, y in zip(a.masks, b.masks))

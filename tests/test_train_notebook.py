@@ -7,10 +7,9 @@ import torch
 
 from conftest import metrics_rows
 
-# The issue asks for AP >= 70 here. The 4-minute CPU recipe (cascade box heads) measured bbox
-# AP 67-71 and mask AP 64-68 on this machine (runs differ by a few points: threads make CPU
-# training non-deterministic), so the test guards 60 and the gap is in the closing note.
-AP_FLOOR = 60
+# The issue's floor for the suite's own run (the acceptance run asks 75). CPU training with
+# threads is not deterministic: runs of the recipe differ by a few AP.
+AP_FLOOR = 70
 
 EXPECTED_FILES = ["config.yaml", "log.txt", "metrics.json", "model_final.pth", "last_checkpoint",
                   "inference/coco_instances_results.json", "training_curves.png"]

@@ -30,8 +30,8 @@ def test_base_lr_follows_the_linear_scaling_rule():
     assert cfg.SOLVER.BASE_LR == pytest.approx(0.0025)  # the seed's SOLVER.IMS_PER_BATCH 2 SOLVER.BASE_LR 0.0025
     assert build_config(settings(config=ZOO, weights="none", ims_per_batch=32)).SOLVER.BASE_LR == pytest.approx(0.04)
     assert build_config(settings(ims_per_batch=2, base_lr=0.1)).SOLVER.BASE_LR == 0.1
-    # the AdamW CPU recipe scales its own reference (0.001 at 4 images) by the same rule
-    assert build_config(settings(ims_per_batch=8)).SOLVER.BASE_LR == pytest.approx(0.002)
+    # the AdamW CPU recipe scales its own reference (0.001 at 2 images) by the same rule
+    assert build_config(settings(ims_per_batch=4)).SOLVER.BASE_LR == pytest.approx(0.002)
 
 
 def test_zoo_config_from_scratch_uses_batch_statistics_bn():
