@@ -266,10 +266,12 @@ def main(argv=None) -> int:
     parser.add_argument("--skip", choices=["redraw", "predict"], default=None)
     parser.add_argument("--out", default=None, help="write the results as json here")
     args = parser.parse_args(argv)
+    import detectron2
     import torch
 
     results = {"command": " ".join(["python", *sys.argv]),
                "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                           "detectron2": detectron2.__version__,
                            "date": time.strftime("%Y-%m-%d"),
                            "threads": torch.get_num_threads(),
                            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}}

@@ -50,7 +50,8 @@ def train_section(path: Path, data: dict) -> list:
 def inference_section(path: Path, data: dict) -> list:
     machine = data["machine"]
     where = machine.get("gpu") or f"CPU ({machine['threads']} threads, {machine['platform']})"
-    lines = [f"## Inference: {path.name}", "", f"{where}, torch {machine['torch']}, {machine.get('date', '')}.", ""]
+    versions = f"torch {machine['torch']}" + (f", detectron2 {machine['detectron2']}" if "detectron2" in machine else "")
+    lines = [f"## Inference: {path.name}", "", f"{where}, {versions}, {machine.get('date', '')}.", ""]
     if data.get("command"):
         lines += [f"Command: `{data['command']}`", ""]
     redraw = data.get("redraw")
