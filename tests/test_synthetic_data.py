@@ -62,3 +62,32 @@ def test_registered_splits_load_through_datasetcatalog():
     assert len(records) == 12 and all(r["annotations"] for r in records)
     assert MetadataCatalog.get(SYNTHETIC_VAL).thing_classes == list(CLASS_NAMES)
     assert len(DatasetCatalog.get(SYNTHETIC_VAL)) == 4
+
+
+def test_each_annotation_covers_exactly_the_pixels_its_shape_was_painted_on():
+    """The ground truth as COCOeval rasterises it (pycocotools) is the painted shape: every
+    pixel inside is the shape's one colour, and the ring of pixels just outside is not."""
+    import cv2
+    from pycocotools import mask as mask_util
+
+    from d2nb.data.synthetic import draw_scene
+
+    inside_wrong = ring_same = ring_total = instances = 0
+    for index in range(60):
+        image, shapes = draw_scene(np.random.default_rng([7, index]), 128, 128, 5)
+        rasters = []
+        for _, polygons, (x, y, w, h), area in shapes:
+            raster = mask_util.decode(mask_util.merge(mask_util.frPyObjects(polygons, 128, 128))).astype(bool)
+            assert raster.sum() == area and raster.any()
+            ys, xs = np.nonzero(raster)
+            assert (xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()) == (x, y, w, h)
+            colours = np.unique(image[raster], axis=0)
+            inside_wrong += len(colours) != 1
+            ring = cv2.dilate(raster.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) & ~raster
+            ring_same += int((image[ring] == colours[0]).all(axis=1).sum())
+            ring_total += int(ring.sum())
+            rasters.append(raster)
+            instances += 1
+        assert (np.sum(rasters, axis=0) <= 1).all()  # the visible parts of the shapes are disjoint
+    assert instances > 150 and inside_wrong == 0
+    assert ring_same < 0.01 * ring_total, (ring_same, ring_total)
