@@ -134,7 +134,9 @@ class Predictor:
 
     ``config`` and ``weights`` are what ``d2nb.zoo.resolve_model`` takes (a model-zoo name, a
     training output_dir, a yaml path...; weights ``None`` = the config's own checkpoint).
-    ``amp`` runs in float16 on a GPU. ``opts`` are ``KEY VALUE`` config options (yaml configs)
+    ``amp`` runs the backbone in float16 on a GPU (see ``d2nb.fast_inference``);
+    ``batches_in_flight`` (2 on a GPU, 1 on the CPU) is how many batches ``predict`` runs at once.
+    ``opts`` are ``KEY VALUE`` config options (yaml configs)
     or ``key=value`` overrides (LazyConfig ``.py`` configs), as demo.py's ``--opts``.
     Raises ``D2nbError`` for a config, weights file or URL it cannot load.
     """
@@ -413,7 +415,7 @@ def _labels(dataset_name, class_names, num_classes) -> Labels:
 
 def _pastes_masks(model) -> bool:
     """Whether d2nb pastes this model's masks itself (inside each box, see
-    ``fast_inference.mask_crops``): R-CNN models with a mask head."""
+    ``fast_inference.paste_crops``): R-CNN models with a mask head."""
     from detectron2.modeling import GeneralizedRCNN
 
     return isinstance(model, GeneralizedRCNN) and bool(getattr(model.roi_heads, "mask_on", False))
@@ -445,11 +447,8 @@ def _to_predictions(outputs: list, items: list, labels: Labels) -> list:
                                   instances.pred_classes.float()[:, None]], dim=1))
     present = [c for c in columns if c is not None]
     table = torch.cat(present).cpu().numpy() if present else np.zeros((0, 6), np.float32)
-    rows, start = [], 0
-    for column in columns:
-        count = 0 if column is None else len(column)
-        rows.append(table[start:start + count])
-        start += count
+    counts = [0 if c is None else len(c) for c in columns]
+    rows = np.split(table, np.cumsum(counts)[:-1])
     pasted = _paste_batch(outputs, rows, items)
     return [_to_prediction(output, item, labels, row, masks)
             for output, item, row, masks in zip(outputs, items, rows, pasted)]
@@ -457,24 +456,22 @@ def _to_predictions(outputs: list, items: list, labels: Labels) -> list:
 
 def _paste_batch(outputs: list, rows: list, items: list) -> list:
     """Mask crops per picture for outputs holding ``mask_probs``: every instance of the batch
-    pasted together (``fast_inference.mask_crops``); ``None`` for the other outputs."""
+    pasted together (``fast_inference.paste_crops``); ``None`` for the other outputs."""
     import torch
 
     from d2nb.fast_inference import crop_windows, paste_crops
 
+    holding = [o.get("instances") is not None and o["instances"].has("mask_probs") for o in outputs]
+    pasted = [[] if has else None for has in holding]
     probs, boxes, windows, owners = [], [], [], []
-    for n, (output, row, item) in enumerate(zip(outputs, rows, items)):
-        instances = output.get("instances")
-        if instances is not None and instances.has("mask_probs") and len(row):
-            height, width = item.image.shape[:2]
-            probs.append(instances.mask_probs)
-            boxes.append(instances.pred_boxes.tensor)
-            windows.append(crop_windows(row[:, :4], height, width))
+    for n, (has, output, row, item) in enumerate(zip(holding, outputs, rows, items)):
+        if has and len(row):
+            probs.append(output["instances"].mask_probs)
+            boxes.append(output["instances"].pred_boxes.tensor)
+            windows.append(crop_windows(row[:, :4], *item.image.shape[:2]))
             owners += [n] * len(row)
-    pasted = [[] if o.get("instances") is not None and o["instances"].has("mask_probs") else None for o in outputs]
     if probs:
-        crops = paste_crops(torch.cat(probs), torch.cat(boxes), np.concatenate(windows))
-        for owner, crop in zip(owners, crops):
+        for owner, crop in zip(owners, paste_crops(torch.cat(probs), torch.cat(boxes), np.concatenate(windows))):
             pasted[owner].append(crop)
     return pasted
 
