@@ -92,10 +92,30 @@ def quiet_library_warnings() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def show_d2nb_errors_in_one_line() -> None:
+    """In a kernel, a ``D2nbError`` prints as ``D2nbError: <problem> | Fix: <fix>``: the reason
+    and the remedy, not a traceback through d2nb and detectron2. The cell still fails (papermill
+    stops there); every other exception keeps its traceback."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+
+    def one_line(shell, kind, error, traceback, tb_offset=None):
+        text = f"{kind.__name__}: {error.problem}" + (f" | Fix: {error.fix}" if error.fix else "")
+        shell._showtraceback(kind, error, [text])
+
+    shell.set_custom_exc((D2nbError,), one_line)
+
+
 def setup_notebook() -> None:
     """Make a kernel ready: detectron2 present, known library noise hidden, and ipywidgets 8
     rendering in Colab."""
     quiet_library_warnings()
+    show_d2nb_errors_in_one_line()
     ensure_detectron2()
     if in_colab():
         from google.colab import output  # noqa: F401  (only exists in Colab)

@@ -135,7 +135,8 @@ def test_yolo_boxes_round_trip_exactly(tmp_path):
     names = ["person", "car", "dog"]
     write_yolo(tmp_path / "images", tmp_path / "labels", names)
     (tmp_path / "classes.txt").write_text("\n".join(names) + "\n")
-    output = yolo_to_coco(tmp_path / "images", tmp_path / "labels", tmp_path / "yolo.json", tmp_path / "classes.txt")
+    output = yolo_to_coco(tmp_path / "images", tmp_path / "labels", tmp_path / "yolo.json", tmp_path / "classes.txt",
+                          decimals=2)
     assert converted_boxes(output) == expected_boxes()
     coco = json.loads(output.read_text())
     assert [(c["id"], c["name"]) for c in coco["categories"]] == [(1, "person"), (2, "car"), (3, "dog")]
@@ -148,7 +149,8 @@ def test_yolo_polygons_and_data_yaml(tmp_path):
     write_yolo(tmp_path / "images", tmp_path / "labels", names, polygon=True)
     (tmp_path / "data.yaml").write_text("path: .\nnames:\n  0: person\n  1: car\n  2: dog\n")
     assert read_class_names(tmp_path / "data.yaml") == names
-    output = yolo_to_coco(tmp_path / "images", tmp_path / "labels", tmp_path / "yolo.json", tmp_path / "data.yaml")
+    output = yolo_to_coco(tmp_path / "images", tmp_path / "labels", tmp_path / "yolo.json", tmp_path / "data.yaml",
+                          decimals=2)
     coco = json.loads(output.read_text())
     polygons = [a for a in coco["annotations"] if a["segmentation"]]
     assert len(polygons) == 1
@@ -192,7 +194,7 @@ def test_cli_convert(tmp_path, capsys):
     write_yolo(tmp_path / "images", tmp_path / "labels", names)
     output = tmp_path / "cli.json"
     assert cli_main(["data", "convert", "yolo", str(tmp_path / "labels"), str(output),
-                     "--images", str(tmp_path / "images"), "--classes", *names]) == 0
+                     "--images", str(tmp_path / "images"), "--classes", *names, "--decimals", "2"]) == 0
     assert converted_boxes(output) == expected_boxes()
     assert cli_main(["data", "convert", "yolo", str(tmp_path / "labels"), str(output)]) == 2
     assert "--images" in capsys.readouterr().err

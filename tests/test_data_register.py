@@ -73,9 +73,15 @@ def test_a_roboflow_export_registers_each_split_with_its_placeholder_category():
 def test_resolve_dataset_on_a_roboflow_folder_and_its_json():
     choice = resolve_dataset(str(BCCD))
     assert (choice.train, choice.val, choice.has_masks) == ("bccd_train", "bccd_valid", False)
-    assert choice.class_names == ["RBC-WBC", "rbc", "wbc"]
+    assert choice.class_names == ["rbc", "wbc"]  # Roboflow's placeholder id 0 'RBC-WBC' left out
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    assert MetadataCatalog.get("bccd_train").thing_dataset_id_to_contiguous_id == {1: 0, 2: 1}
+    assert len(DatasetCatalog.get("bccd_train")) == 210
+    kept = resolve_dataset(str(BCCD), keep_placeholder=True)
+    assert kept.class_names == ["RBC-WBC", "rbc", "wbc"]
     single = resolve_dataset(str(BCCD / "test" / "_annotations.coco.json"))
-    assert single.train == "test" and not single.has_masks
+    assert single.train == "test" and not single.has_masks and single.class_names == ["rbc", "wbc"]
 
 
 def test_a_roboflow_folder_moved_elsewhere_is_registered_at_its_new_place(tmp_path):

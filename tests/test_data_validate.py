@@ -96,7 +96,10 @@ DEFECTS = {
     "image_without_annotations": (lambda coco: coco.update(
         annotations=[a for a in coco["annotations"] if a["image_id"] != 6]), 1),
     "unused_category": (lambda coco: coco["categories"].append({"id": 0, "name": "placeholder"}), 1),
+    "duplicate_category_name": (lambda coco: coco["categories"][2].update(name="cat"), 1),
+    "rare_category": (lambda coco: None, 3),  # 4 instances of each class, min_instances=5 below
 }
+MIN_INSTANCES = {"rare_category": 5}
 
 
 def test_every_issue_kind_has_an_injection():
@@ -113,7 +116,7 @@ def test_each_injected_defect_is_found_with_its_count(tmp_path, kind):
     else:
         inject(coco)
         json_file.write_text(json.dumps(coco))
-    report = validate_coco(json_file, tmp_path / "images")
+    report = validate_coco(json_file, tmp_path / "images", min_instances=MIN_INSTANCES.get(kind, 0))
     assert report.counts[kind] == count, report.examples
     assert len(report.examples[kind]) == count and len(report.indices[kind]) == count
     row = [r for r in report.rows() if r["issue"] == kind][0]

@@ -68,7 +68,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     convert.add_argument("output", help="COCO json to write")
     convert.add_argument("--images", help="image folder (required for yolo; VOC: default ../JPEGImages)")
     convert.add_argument("--classes", nargs="+", help="class names in order, or one classes.txt / data.yaml")
-    convert.add_argument("--decimals", type=int, default=2, help="yolo: pixel decimals kept")
+    convert.add_argument("--decimals", type=int, default=None,
+                         help="yolo: round pixels to this many decimals (default: exact)")
     return parser
 
 

@@ -7,7 +7,8 @@
 - a name already in detectron2's ``DatasetCatalog`` (builtin ones such as
   ``coco_2017_train`` read ``$DETECTRON2_DATASETS``, default ``./datasets``);
 - a path to a COCO json (images in ``image_root``, default the json's folder);
-- a folder exported as train/valid/test splits, each holding a COCO json (Roboflow's layout).
+- a folder exported as train/valid/test splits, each holding a COCO json (Roboflow's layout),
+  or a YOLO, Pascal VOC or labelme folder (converted to COCO, see ``d2nb.data.formats``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from d2nb.data.register import (
     class_names, find_roboflow_splits, has_masks, read_coco_json, register_coco_json,
     register_roboflow_folder,
 )
+from d2nb.data.prepare import PreparedDataset, prepare_dataset, validate_splits, write_split_report
 from d2nb.data.synthetic import CLASS_NAMES, SyntheticSpec, default_datasets_root, make_synthetic_dataset
 from d2nb.errors import D2nbError
 
@@ -30,6 +32,7 @@ SYNTHETIC_VAL = "d2nb_synthetic_val"
 
 __all__ = [
     "CLASS_NAMES", "DatasetChoice", "SYNTHETIC", "SYNTHETIC_TRAIN", "SYNTHETIC_VAL", "SyntheticSpec",
+    "PreparedDataset", "prepare_dataset", "validate_splits", "write_split_report",
     "check_dataset_files", "class_names", "default_datasets_root", "has_masks", "make_synthetic_dataset",
     "read_coco_json", "register_coco_json", "register_roboflow_folder", "register_synthetic", "resolve_dataset",
 ]
@@ -43,6 +46,7 @@ class DatasetChoice:
     val: str | None
     class_names: list = field(default_factory=list)
     has_masks: bool = True
+    prepared: object = None  # the PreparedDataset of a path: format, splits, notes
 
 
 def register_synthetic(spec: SyntheticSpec = SyntheticSpec(), root=None) -> DatasetChoice:
@@ -54,11 +58,14 @@ def register_synthetic(spec: SyntheticSpec = SyntheticSpec(), root=None) -> Data
 
 
 def resolve_dataset(dataset=SYNTHETIC, val_dataset=None, image_root=None,
-                    synthetic: SyntheticSpec = SyntheticSpec()) -> DatasetChoice:
+                    synthetic: SyntheticSpec = SyntheticSpec(), keep_placeholder: bool = False) -> DatasetChoice:
     """Register what ``dataset`` names and return the train/val names to use.
 
+    A path is detected and converted by ``d2nb.data.prepare.prepare_dataset`` (COCO,
+    Roboflow, YOLO, VOC, labelme; converted copies under ``$DETECTRON2_DATASETS``), and an
+    export's placeholder category is left out of the classes unless ``keep_placeholder``.
     ``val_dataset`` may be any of the same kinds; left out, it is the synthetic val split,
-    a Roboflow folder's ``valid`` (else ``test``) split, or ``<name>_val`` for a registered
+    a folder's ``valid`` (else ``val``, ``test``) split, or ``<name>_val`` for a registered
     ``<name>_train``. Raises ``D2nbError`` naming the value and the accepted kinds.
     """
     from detectron2.data import DatasetCatalog
@@ -68,12 +75,14 @@ def resolve_dataset(dataset=SYNTHETIC, val_dataset=None, image_root=None,
         choice = register_synthetic(synthetic)
     elif isinstance(dataset, str) and dataset in DatasetCatalog.list():
         choice = _describe(dataset, _guess_val_name(dataset))
-    elif Path(str(dataset)).suffix == ".json":
-        name = Path(dataset).stem.replace("_annotations.coco", Path(dataset).parent.name)
-        choice = _describe(register_coco_json(name, dataset, image_root), None)
-    elif Path(str(dataset)).is_dir() and find_roboflow_splits(dataset):
-        names = register_roboflow_folder(dataset)
-        choice = _describe(names["train"], names.get("valid") or names.get("test"))
+    elif Path(str(dataset)).exists() or Path(str(dataset)).suffix == ".json":
+        prepared = prepare_dataset(dataset, image_root=image_root, keep_placeholder=keep_placeholder)
+        if prepared.train is None:
+            raise D2nbError(
+                f"dataset {str(dataset)!r} has no train split (it has {', '.join(prepared.splits)}"
+                + (f"; {'; '.join(prepared.missing)}" if prepared.missing else "") + ")",
+                "add the train split to the export, or pass one split's json or folder as dataset=")
+        choice = DatasetChoice(prepared.train, prepared.val, prepared.class_names, prepared.has_masks, prepared)
     else:
         from difflib import get_close_matches
         close = get_close_matches(str(dataset), DatasetCatalog.list(), n=3)
@@ -81,10 +90,11 @@ def resolve_dataset(dataset=SYNTHETIC, val_dataset=None, image_root=None,
             f"dataset {dataset!r} is neither 'synthetic', a registered dataset name, "
             "a COCO json file, nor a folder with train/valid/test COCO splits"
             + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""),
-            "pass dataset='synthetic', a name from DatasetCatalog.list(), a path ending in "
-            ".json (with image_root= its image folder), or a Roboflow export folder")
+            "pass dataset='synthetic', a name from DatasetCatalog.list(), a COCO json (with image_root= its "
+            "image folder), or the folder of a Roboflow (COCO or YOLO), YOLO, Pascal VOC or labelme export")
     if val_dataset not in (None, ""):
-        choice.val = resolve_dataset(val_dataset, image_root=image_root, synthetic=synthetic).train
+        choice.val = resolve_dataset(val_dataset, image_root=image_root, synthetic=synthetic,
+                                     keep_placeholder=keep_placeholder).train
     return choice
 
 

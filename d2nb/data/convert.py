@@ -12,7 +12,12 @@ convention so that a box written in that format comes back unchanged:
   does: ``x = xmin - 1``, ``width = xmax - xmin + 1``;
 - labelme: points are COCO's continuous pixel coordinates;
 - YOLO: centre and size normalised by the image's size (read from the image's header),
-  rounded to ``decimals`` places of a pixel (the txt files carry about 6 significant digits).
+  multiplied out exactly (``decimals=2`` rounds to hundredths of a pixel, which gives back
+  the integer boxes that the txt files' 6 significant digits blur).
+
+labelme shapes that share a ``group_id`` (one object drawn in parts) become one annotation
+with several polygons, as labelme's own ``labelme2coco`` makes them; ``__ignore__`` shapes
+are left out.
 
 Every unreadable file gives a ``D2nbError`` naming the file (and line) and the fix.
 """
@@ -28,18 +33,23 @@ from d2nb.data.register import write_coco_json
 from d2nb.data.validate import read_image_size
 from d2nb.errors import D2nbError
 
+IGNORE_LABEL = "__ignore__"  # labelme's label for regions to leave out
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def voc_to_coco(annotations_dir, output_json, images_dir=None, class_names=None) -> Path:
+def voc_to_coco(annotations_dir, output_json, images_dir=None, class_names=None, only=None) -> Path:
     """Pascal VOC XML files (one per image) to COCO; boxes only.
 
     ``images_dir`` (default: the sibling ``JPEGImages`` folder, else the XML folder) is only
     read for images whose XML has no size. ``class_names`` fixes the category order; an
-    object of another class is a ``D2nbError``.
+    object of another class is a ``D2nbError``. ``only``: the file stems to convert (a VOC
+    ``ImageSets/Main/<split>.txt``'s ids), default all.
     """
     annotations_dir = Path(annotations_dir)
     files = sorted(annotations_dir.glob("*.xml")) if annotations_dir.is_dir() else []
+    if only is not None:
+        wanted = set(only)
+        files = [path for path in files if path.stem in wanted]
     if not files:
         raise D2nbError(f"no .xml files in {str(annotations_dir)!r}",
                         "pass the VOC 'Annotations' folder (one XML file per image)")
@@ -97,9 +107,11 @@ def labelme_to_coco(folder, output_json, class_names=None) -> Path:
         height, width = document.get("imageHeight"), document.get("imageWidth")
         if not height or not width:
             height, width = _size_from_file(folder / file_name, path)
-        objects = []
+        objects, groups = [], {}
         for shape in document["shapes"]:
             kind = shape.get("shape_type") or "polygon"
+            if shape.get("label") == IGNORE_LABEL:
+                continue
             try:
                 points = [(float(x), float(y)) for x, y in shape.get("points", [])]
             except (TypeError, ValueError):
@@ -109,24 +121,37 @@ def labelme_to_coco(folder, output_json, class_names=None) -> Path:
                 (x0, y0), (x1, y1) = points
                 x0, x1, y0, y1 = min(x0, x1), max(x0, x1), min(y0, y1), max(y0, y1)
                 corners = [[x0, y0, x1, y0, x1, y1, x0, y1]] if with_polygons else []
-                objects.append((shape.get("label", ""), [x0, y0, x1 - x0, y1 - y0], corners))
+                part = (shape.get("label", ""), [x0, y0, x1 - x0, y1 - y0], corners)
             elif kind == "polygon" and len(points) >= 3:
                 xs, ys = [p[0] for p in points], [p[1] for p in points]
                 box = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
-                objects.append((shape.get("label", ""), box, [[v for p in points for v in p]]))
+                part = (shape.get("label", ""), box, [[v for p in points for v in p]])
             else:
                 skipped[kind] = skipped.get(kind, 0) + 1
+                continue
+            if shape.get("group_id") is None:
+                objects.append(part)
+            else:  # parts of one object: one annotation, its box around every part
+                key = (part[0], shape["group_id"])
+                if key not in groups:
+                    groups[key] = len(objects)
+                    objects.append(part)
+                else:
+                    objects[groups[key]] = _joined(objects[groups[key]], part)
         records.append((file_name, int(height), int(width), objects))
     if skipped:
         warnings.warn(f"labelme_to_coco skipped shapes it cannot turn into boxes or masks: {skipped}")
     return _write(records, class_names, output_json, str(folder))
 
 
-def yolo_to_coco(images_dir, labels_dir, output_json, class_names, decimals: int = 2) -> Path:
+def yolo_to_coco(images_dir, labels_dir, output_json, class_names, decimals: int | None = None,
+                 polygons_as_boxes: bool = False) -> Path:
     """YOLO txt labels to COCO: ``class cx cy w h`` lines (boxes) or ``class x1 y1 x2 y2 ...``
     lines (polygons), all normalised to 0-1. ``class_names`` is a list, a ``classes.txt``
     (one name a line) or a YOLO ``data.yaml`` (its ``names``). Image sizes are read from
-    the images; an image without a label file has no annotations.
+    the images; an image without a label file has no annotations. ``polygons_as_boxes``
+    keeps only each polygon's box (for exports that mix box and polygon lines: a mask model
+    needs a mask on every instance).
     """
     images_dir, labels_dir = Path(images_dir), Path(labels_dir)
     names = read_class_names(class_names)
@@ -144,9 +169,18 @@ def yolo_to_coco(images_dir, labels_dir, output_json, class_names, decimals: int
         lines = label_path.read_text().splitlines() if label_path.is_file() else []
         for number, line in enumerate(lines, start=1):
             if line.strip():
-                objects.append(_yolo_object(line, names, height, width, decimals, f"{label_path}:{number}"))
+                name, box, polygons = _yolo_object(line, names, height, width, decimals, f"{label_path}:{number}")
+                objects.append((name, box, [] if polygons_as_boxes else polygons))
         records.append((relative.as_posix(), height, width, objects))
     return _write(records, names, output_json, str(labels_dir))
+
+
+def _joined(first, second):
+    """Two parts of one labelme object: the box around both, the polygons of both."""
+    (name, (x0, y0, w0, h0), polygons0), (_, (x1, y1, w1, h1), polygons1) = first, second
+    left, top = min(x0, x1), min(y0, y1)
+    right, bottom = max(x0 + w0, x1 + w1), max(y0 + h0, y1 + h1)
+    return name, [left, top, right - left, bottom - top], polygons0 + polygons1
 
 
 def read_class_names(class_names) -> list:
@@ -178,13 +212,16 @@ def _yolo_object(line: str, names: list, height: int, width: int, decimals: int,
     if not 0 <= class_index < len(names):
         raise D2nbError(f"{where}: class {class_index} but only {len(names)} class names are given",
                         "pass the class names list the labels were made with")
+    def rounded(value):
+        return value if decimals is None else round(value, decimals)
+
     if len(numbers) == 4:
         cx, cy, w, h = numbers
-        x0, y0 = round((cx - w / 2) * width, decimals), round((cy - h / 2) * height, decimals)
-        box = [x0, y0, round(w * width, decimals), round(h * height, decimals)]
+        x0, y0 = rounded((cx - w / 2) * width), rounded((cy - h / 2) * height)
+        box = [x0, y0, rounded(w * width), rounded(h * height)]
         return names[class_index], box, []
     if len(numbers) >= 6 and len(numbers) % 2 == 0:
-        polygon = [round(v * (width if i % 2 == 0 else height), decimals) for i, v in enumerate(numbers)]
+        polygon = [rounded(v * (width if i % 2 == 0 else height)) for i, v in enumerate(numbers)]
         xs, ys = polygon[0::2], polygon[1::2]
         return names[class_index], [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)], [polygon]
     raise D2nbError(f"{where}: {len(numbers)} numbers after the class; YOLO lines have 4 (a box) or an "

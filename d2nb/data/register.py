@@ -18,6 +18,18 @@ from pathlib import Path
 from d2nb.errors import D2nbError
 
 ROBOFLOW_SPLITS = ("train", "valid", "test")
+ID_MAPPING_WARNING = "Category ids in annotations are not in [1, #categories]"
+
+
+class _QuietIdMapping(logging.Filter):
+    """detectron2 warns, in red and on every load, that it maps category ids to class
+    indices; d2nb says how they map once, in the dataset's description."""
+
+    def filter(self, record) -> bool:
+        return ID_MAPPING_WARNING not in record.getMessage()
+
+
+logging.getLogger("detectron2.data.datasets.coco").addFilter(_QuietIdMapping())
 ROBOFLOW_JSON = "_annotations.coco.json"
 
 

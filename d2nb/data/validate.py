@@ -61,8 +61,14 @@ ISSUE_KINDS = {
                                     "(mask training fails)", "drop_empty_segmentations"),
     "image_without_annotations": IssueKind("note", "image", "image has no annotation (detectron2 "
                                            "skips it in training by default)", "drop_images_without_annotations"),
-    "unused_category": IssueKind("note", "category", "declared category no annotation uses "
-                                 "(still a class the model predicts)", "drop_unused_categories"),
+    "unused_category": IssueKind("note", "category", "declared category no annotation uses (a class the "
+                                 "model predicts, unless it is Roboflow's placeholder id 0, which d2nb leaves out)",
+                                 "drop_unused_categories"),
+    "duplicate_category_name": IssueKind("warning", "category", "category name declared by an earlier category "
+                                         "too (the classes would print twice, two rows in every AP table)",
+                                         "rename one; Roboflow's placeholder id 0 is left out by default"),
+    "rare_category": IssueKind("warning", "category", "class with fewer instances than min_instances in this "
+                               "split (the model will hardly learn it)", "label more examples, or merge the class"),
 }
 SEVERITIES = ("error", "warning", "note")
 BOX_TOLERANCE = 0.01  # pixels a box may pass the image border by (float rounding in exports)
@@ -170,13 +176,15 @@ class ValidationReport:
 
 
 def validate_coco(source, image_root=None, expect_masks: bool | None = None, check_images: bool = True,
-                  max_examples: int = 5) -> ValidationReport:
+                  max_examples: int = 5, min_instances: int = 0) -> ValidationReport:
     """Check a COCO dataset: a json path, a loaded dict, or a registered dataset name.
 
     ``image_root`` defaults to the json's folder (or the registered one). ``expect_masks``
     None means "when any annotation has a mask"; True reports every annotation without one.
     ``check_images=False`` skips reading image headers (missing files and sizes are then
-    not checked). Raises ``D2nbError`` when the json cannot be read.
+    not checked). ``min_instances``: a used class with fewer instances is reported
+    (``rare_category``; pass 10 for a training split). Raises ``D2nbError`` when the json
+    cannot be read.
     """
     started = time.perf_counter()
     source = open_coco(source, image_root)
@@ -199,6 +207,7 @@ def validate_coco(source, image_root=None, expect_masks: bool | None = None, che
         for index in np.flatnonzero(~masks):
             found.add("empty_segmentation", int(index), lambda i=index: f"annotation id {annotations[i].get('id')!r}")
     used = _check_coverage(images, categories, annotations, index_of_image, image_of, found)
+    _check_category_names(categories, used, min_instances, found)
 
     json_file = source.json_file
     return ValidationReport(
@@ -269,6 +278,22 @@ def _check_coverage(images, categories, annotations, index_of_image, image_of, f
             found.add("unused_category", index,
                       lambda c=category: f"category id {c.get('id')!r} ({c.get('name')!r})")
     return used
+
+
+def _check_category_names(categories, used: dict, min_instances: int, found) -> None:
+    first_with_name = {}
+    for index, category in enumerate(categories):
+        name = str(category.get("name", "")).strip()
+        if name in first_with_name:
+            earlier = categories[first_with_name[name]]
+            found.add("duplicate_category_name", index, lambda c=category, e=earlier: (
+                f"category ids {e.get('id')!r} and {c.get('id')!r} are both named {c.get('name')!r}"))
+        else:
+            first_with_name[name] = index
+        instances = used.get(category.get("id"), 0)
+        if 0 < instances < min_instances:
+            found.add("rare_category", index, lambda c=category, n=instances: (
+                f"category id {c.get('id')!r} ({c.get('name')!r}): {n} instance{'s' if n > 1 else ''}"))
 
 
 class _Findings:
