@@ -29,7 +29,7 @@ PAPERMILL_HEADER = "# Parameters"  # the first line of the cell papermill inject
 # Words people bring from other tools, and the name that means the same here (when the
 # notebook has it). difflib finds misspellings; this finds synonyms.
 SYNONYMS = {
-    "source": ("dataset",), "data": ("dataset",), "dataset_dir": ("dataset",), "path": ("dataset", "inputs"),
+    "source": ("dataset", "inputs", "sample_images"), "data": ("dataset",), "dataset_dir": ("dataset",), "path": ("dataset", "inputs"),
     "dataset_name": ("name",), "input": ("inputs",), "images": ("inputs", "sample_images"),
     "output": ("output_dir", "output"), "out": ("output_dir", "output"), "output_dir": ("output",),
     "outdir": ("output_dir", "output"),

@@ -80,7 +80,7 @@ def test_bccd_report_holds_its_three_categories_one_unused_and_no_polygons(bccd_
     assert summary["counts"]["unused_category"] == 1
     assert {k: n for k, n in summary["counts"].items() if n} == {"unused_category": 1}
     assert summary["has_masks"] is False and summary["num_polygon_annotations"] == 0
-    assert summary["class_names"] == ["RBC-WBC", "rbc", "wbc"]
+    assert summary["class_names"] == ["rbc", "wbc"]  # the placeholder RBC-WBC is not a class
     assert summary["num_images"] == len(coco["images"]) == 210
     assert summary["loaded"] == {"images": len(coco["images"]), "instances": len(coco["annotations"])}
     subset = json.loads((bccd_run["out"] / "subset_20.json").read_text())

@@ -1,5 +1,6 @@
 """``d2nb data``: the dataset-preparation notebook's steps from a shell.
 
+    d2nb data prepare path/to/export --name mydata --output-dir runs/mydata   # 02_dataset_prep's steps
     d2nb data check                                   # builtin datasets under $DETECTRON2_DATASETS
     d2nb data download annotations val2017            # COCO 2017 into $DETECTRON2_DATASETS/coco
     d2nb data validate train.json --image-root imgs --fix fixed.json --report report.json
@@ -22,6 +23,22 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser("data", help="check, download, validate, subset and convert datasets",
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = parser.add_subparsers(dest="action", required=True)
+
+    prepare = actions.add_parser("prepare", help="02_dataset_prep: detect, convert, register and check every split",
+                                 description="The steps of notebooks/02_dataset_prep.ipynb; each flag is one of its "
+                                             "parameters (dashes for underscores).")
+    prepare.add_argument("dataset", help="synthetic, a registered name, a COCO json, or a Roboflow/YOLO/VOC/labelme folder")
+    prepare.add_argument("--name", help="register as NAME_<split> (default: the folder's name)")
+    prepare.add_argument("--image-root", help="image folder of a COCO json (default: the json's folder)")
+    prepare.add_argument("--output-dir", default="runs/dataset_prep", help="report.json, converted jsons, fixes")
+    prepare.add_argument("--keep-placeholder", action="store_true",
+                         help="keep an export's placeholder category (id 0, no annotations) as a class")
+    prepare.add_argument("--fix", action="store_true", help="write a repaired copy of the main split")
+    prepare.add_argument("--expect-masks", action="store_true", help="report every annotation without a mask")
+    prepare.add_argument("--check-images", action=argparse.BooleanOptionalAction, default=True,
+                         help="read the image headers (--no-check-images is faster on huge datasets)")
+    prepare.add_argument("--subset-size", type=int, default=0, help="also write a random subset of N images")
+    prepare.add_argument("--subset-seed", type=int, default=0)
 
     check = actions.add_parser("check", help="which builtin datasets are in $DETECTRON2_DATASETS")
     check.add_argument("--root", help="datasets folder (default: $DETECTRON2_DATASETS, else ./datasets)")
@@ -74,8 +91,34 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    return {"check": _check, "download": _download, "validate": _validate, "subset": _subset,
+    return {"prepare": _prepare, "check": _check, "download": _download, "validate": _validate, "subset": _subset,
             "split": _split, "convert": _convert}[args.action](args)
+
+
+def _prepare(args) -> int:
+    from pathlib import Path
+
+    from d2nb.data import dataset_splits, validate_splits, write_split_report
+    from d2nb.data.subset import make_subset
+    from d2nb.data.validate import fix_coco
+
+    output_dir = Path(args.output_dir)
+    prepared = dataset_splits(args.dataset, output_dir, name=args.name, image_root=args.image_root,
+                              keep_placeholder=args.keep_placeholder)
+    print(prepared)
+    reports = validate_splits(prepared, check_images=args.check_images, expect_masks=True if args.expect_masks else None)
+    for split, report in reports.items():
+        print(f"[{split}] {report}")
+    print(f"written: {write_split_report(reports, output_dir / 'report.json')}")
+    main = reports[prepared.split_of(prepared.main_split)]
+    source = main.json_file
+    if args.fix:
+        fixed = fix_coco(main, output_dir / "fixed.json")
+        print(fixed)
+        source = fixed.json_file
+    if args.subset_size:
+        print(f"written: {make_subset(source, output_dir / f'subset_{args.subset_size}.json', args.subset_size, 'random', seed=args.subset_seed)}")
+    return 0 if all(report.ok for report in reports.values()) else 1
 
 
 def _check(args) -> int:

@@ -33,7 +33,7 @@ SYNTHETIC_VAL = "d2nb_synthetic_val"
 __all__ = [
     "CLASS_NAMES", "DatasetChoice", "SYNTHETIC", "SYNTHETIC_TRAIN", "SYNTHETIC_VAL", "SyntheticSpec",
     "PreparedDataset", "prepare_dataset", "validate_splits", "write_split_report",
-    "check_dataset_files", "class_names", "default_datasets_root", "has_masks", "make_synthetic_dataset",
+    "check_dataset_files", "class_names", "dataset_splits", "default_datasets_root", "has_masks", "make_synthetic_dataset",
     "read_coco_json", "register_coco_json", "register_roboflow_folder", "register_synthetic", "resolve_dataset",
 ]
 
@@ -96,6 +96,36 @@ def resolve_dataset(dataset=SYNTHETIC, val_dataset=None, image_root=None,
         choice.val = resolve_dataset(val_dataset, image_root=image_root, synthetic=synthetic,
                                      keep_placeholder=keep_placeholder).train
     return choice
+
+
+def dataset_splits(dataset=SYNTHETIC, output_dir=None, name=None, image_root=None,
+                   keep_placeholder: bool = False, synthetic: SyntheticSpec = SyntheticSpec()) -> PreparedDataset:
+    """Every split of ``dataset``, registered: what 02_dataset_prep shows and validates.
+
+    A path goes through ``prepare_dataset`` (converted into ``output_dir``); ``"synthetic"``
+    gives its train and val splits, a registered name itself and its ``_val`` sibling.
+    """
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    dataset = SYNTHETIC if dataset in (None, "") else dataset
+    if dataset != SYNTHETIC and not (isinstance(dataset, str) and dataset in DatasetCatalog.list()):
+        if not (Path(str(dataset)).exists() or Path(str(dataset)).suffix == ".json"):
+            resolve_dataset(dataset)  # raises the error that lists what dataset= accepts
+        return prepare_dataset(dataset, output_dir, name=name, image_root=image_root,
+                               keep_placeholder=keep_placeholder)
+    choice = resolve_dataset(dataset, synthetic=synthetic)
+    names = {"train": choice.train, **({"val": choice.val} if choice.val else {})}
+    prepared = PreparedDataset(name=str(dataset), format="synthetic" if dataset == SYNTHETIC else "registered",
+                               source=str(dataset), class_names=choice.class_names, has_masks=choice.has_masks)
+    for split, registered in names.items():
+        meta = MetadataCatalog.get(registered)
+        prepared.splits[split] = registered
+        if getattr(meta, "json_file", None):
+            prepared.json_files[split] = prepared.source_jsons[split] = Path(meta.json_file)
+            prepared.image_roots[split] = Path(meta.image_root)
+    id_map = getattr(MetadataCatalog.get(choice.train), "thing_dataset_id_to_contiguous_id", None) or {}
+    prepared.category_ids = sorted(id_map, key=id_map.get) or list(range(1, len(choice.class_names) + 1))
+    return prepared
 
 
 def _guess_val_name(train_name: str):

@@ -60,6 +60,9 @@ class PreparedDataset:
         split = next((s for s in VAL_SPLITS if s in self.splits and self.splits[s] != self.train), None)
         return self.splits[split] if split else None
 
+    def split_of(self, registered: str) -> str:
+        return next(split for split, name in self.splits.items() if name == registered)
+
     @property
     def main_split(self) -> str:
         """The split to look at first: train, else the first there is."""
@@ -173,6 +176,10 @@ def validate_splits(prepared: PreparedDataset, check_images: bool = True, expect
     from d2nb.data.validate import validate_coco
 
     train_split = next((s for s, n in prepared.splits.items() if n == prepared.train), None)
+    missing = [split for split in prepared.splits if split not in prepared.source_jsons]
+    if missing:
+        raise D2nbError(f"splits {missing} of {prepared.source!r} are registered, but not from a COCO json",
+                        "validate a COCO json or an export folder instead")
     return {split: validate_coco(prepared.source_jsons[split], prepared.image_roots[split],
                                  expect_masks=expect_masks, check_images=check_images,
                                  min_instances=RARE_INSTANCES if split == train_split else 0)
