@@ -34,6 +34,7 @@ from d2nb.data.register import class_names as coco_class_names, read_coco_json
 from d2nb.devices import resolve_gpus
 from d2nb.errors import D2nbError
 from d2nb.monitor import in_notebook
+from d2nb.parameters import flag
 
 logger = logging.getLogger("d2nb.evaluate")
 
@@ -71,6 +72,7 @@ class EvaluationSettings:
     gpus: int | None = None
     opts: list = field(default_factory=list)
     synthetic_size: int | list | None = None
+    keep_placeholder: bool = False
     runs_root: str = zoo.RUNS_DIR
     progress: bool = True
 
@@ -152,7 +154,8 @@ def build_evaluation_config(settings: EvaluationSettings) -> tuple:
     from d2nb.train import TrainSettings, build_config
 
     choice = choose_model(settings.config, settings.weights, settings.runs_root)
-    name = evaluation_dataset(settings.dataset, settings.image_root, settings.synthetic_size)
+    name = evaluation_dataset(settings.dataset, settings.image_root, settings.synthetic_size,
+                              keep_placeholder=flag("keep_placeholder", settings.keep_placeholder))
     gpus = min(resolve_gpus(settings.gpus), 1)
     weights = "none" if choice.weights == "" else choice.weights
     cfg = build_config(TrainSettings(
@@ -189,13 +192,13 @@ def choose_model(config=None, weights=None, runs_root=zoo.RUNS_DIR) -> zoo.Model
     return choice
 
 
-def evaluation_dataset(dataset=SYNTHETIC, image_root=None, synthetic_size=None) -> str:
+def evaluation_dataset(dataset=SYNTHETIC, image_root=None, synthetic_size=None, keep_placeholder=False) -> str:
     """The registered name of the split to evaluate: the synthetic val split, a Roboflow
     folder's valid (else test) split, or the dataset ``dataset`` names itself."""
     from d2nb.train import TrainSettings
 
     spec = TrainSettings(synthetic_size=synthetic_size).synthetic_spec() if synthetic_size else SyntheticSpec()
-    choice = resolve_dataset(dataset, image_root=image_root, synthetic=spec)
+    choice = resolve_dataset(dataset, image_root=image_root, synthetic=spec, keep_placeholder=keep_placeholder)
     if dataset in (None, "", SYNTHETIC) or Path(str(dataset)).is_dir():
         if not choice.val:
             raise D2nbError(f"dataset folder {str(dataset)!r} has no valid/ or test/ split to evaluate on",
@@ -222,7 +225,9 @@ def _load_weights(model, weights: str, class_names) -> None:
             return self.incompatible
 
     checkpointer = Checkpointer(model)
-    checkpointer.load(weights, checkpointables=[])
+    from d2nb.weights import local_weights
+
+    checkpointer.load(local_weights(weights), checkpointables=[], source=weights)  # a URL: a message when offline
     incompatible = getattr(checkpointer, "incompatible", None)
     wrong = [(key, tuple(saved)) for key, saved, _ in getattr(incompatible, "incorrect_shapes", [])
              if "cls_score" in key or "predictor" in key]

@@ -24,7 +24,7 @@ _FALSE = ("false", "no", "0", "off", "")
 WHOLE_NUMBERS = (("max_iter", 1), ("ims_per_batch", 1), ("checkpoint_period", 1), ("eval_period", 0),
                  ("num_workers", 0), ("cpu_processes", 1), ("num_machines", 1), ("machine_rank", 0),
                  ("seed", -(2**31)))
-FLAGS = ("resume", "amp", "fast", "monitor")
+FLAGS = ("resume", "amp", "fast", "monitor", "keep_placeholder")
 PATHS = ("output_dir",)
 
 

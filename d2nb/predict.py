@@ -26,6 +26,7 @@ from d2nb import zoo
 from d2nb.errors import D2nbError
 from d2nb.fast_inference import half_precision_backbone
 from d2nb.images import LoadedImage, safe_file_name
+from d2nb.weights import local_weights  # noqa: F401  (d2nb.predict.local_weights, as before)
 
 logger = logging.getLogger("d2nb.predict")
 
@@ -363,26 +364,6 @@ def _build_lazy(choice, device: str, opts):
                   T.ResizeShortestEdge([800, 800], 1333))
     names = cfg.dataloader.train.dataset.names
     return model, resize, mapper.image_format, names if isinstance(names, str) else names[0]
-
-
-def local_weights(weights: str) -> str:
-    """A local path for ``weights``, downloading a URL into detectron2's cache first.
-
-    Raises ``D2nbError`` naming the URL when the download fails (offline, firewall).
-    """
-    if "://" not in weights:
-        if not Path(weights).is_file():
-            raise D2nbError(f"weights file {weights!r} does not exist", "pass an existing .pth/.pkl path")
-        return weights
-    from detectron2.utils.file_io import PathManager
-
-    try:
-        return PathManager.get_local_path(weights)
-    except Exception as error:  # iopath raises whatever urllib raised
-        raise D2nbError(
-            f"could not download the checkpoint {weights!r} ({type(error).__name__}: {error})",
-            "connect this machine to the internet, or download the file elsewhere and pass "
-            "weights='path/to/model_final.pkl'") from None
 
 
 def _num_classes(model) -> int | None:

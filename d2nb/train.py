@@ -37,6 +37,7 @@ from d2nb.monitor import LiveMonitor, LiveView, TrainingCurves, follow_metrics_f
 from d2nb.modeling import register as register_model_parts
 from d2nb.parameters import check_settings
 from d2nb.roi_align import use_separable_roi_align
+from d2nb.weights import available_cores, local_weights
 
 logger = logging.getLogger("d2nb.train")
 
@@ -91,6 +92,7 @@ class TrainSettings:
     opts: list = field(default_factory=list)
     monitor: bool = True
     synthetic_size: int | list | None = None
+    keep_placeholder: bool = False
     synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
 
     def synthetic_spec(self) -> SyntheticSpec:
@@ -142,7 +144,7 @@ def build_config(settings: TrainSettings):
         cfg.MODEL.WEIGHTS = weights
 
     data = resolve_dataset(settings.dataset, settings.val_dataset, settings.image_root,
-                           settings.synthetic_spec())
+                           settings.synthetic_spec(), keep_placeholder=settings.keep_placeholder)
     cfg.DATASETS.TRAIN = (data.train,)
     cfg.DATASETS.TEST = (data.val,) if data.val else ()
     if data.class_names:
@@ -179,6 +181,7 @@ def build_config(settings: TrainSettings):
         cfg.DATALOADER.NUM_WORKERS = int(settings.num_workers)
     elif gpus and cfg.DATALOADER.NUM_WORKERS == 0:  # the CPU recipe loads in-process; a GPU step would wait
         cfg.DATALOADER.NUM_WORKERS = min(GPU_RECIPE_WORKERS, os.cpu_count() or 1)
+    cfg.DATALOADER.NUM_WORKERS = min(cfg.DATALOADER.NUM_WORKERS, available_cores())  # no more than the machine has
     cfg.MODEL.DEVICE = "cuda" if gpus else "cpu"
     cfg.SEED = int(settings.seed)
     cfg.OUTPUT_DIR = str(settings.output_dir)
@@ -192,6 +195,7 @@ def build_config(settings: TrainSettings):
     return cfg
 
 
+ZOO_WEIGHTS_URL = "https://dl.fbaipublicfiles.com/detectron2/"  # detectron2's model_zoo.get_checkpoint_url prefix
 FAST_MODE_WORKERS = 8  # the lent H100 has 16 cores; detectron2's configs ask for 4
 
 
@@ -310,6 +314,10 @@ def train(settings: TrainSettings, extra_hooks=()) -> TrainResult:
     settings = check_settings(settings)
     gpus = resolve_gpus(settings.gpus)
     cfg = build_config(settings)  # checks everything and makes the dataset before any process starts
+    resuming = settings.resume and (Path(cfg.OUTPUT_DIR) / "last_checkpoint").is_file()
+    if cfg.MODEL.WEIGHTS and "://" in cfg.MODEL.WEIGHTS and not resuming:  # offline: a message, before the model
+        from_zoo = cfg.MODEL.WEIGHTS.startswith(ZOO_WEIGHTS_URL)
+        local_weights(cfg.MODEL.WEIGHTS, (settings.config or zoo.default_config(False)) if from_zoo else None)
     check_dataset_files([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST])  # said now, not mid-training
     _prepare_output_dir(cfg.OUTPUT_DIR)
     processes = _processes(gpus, settings)
