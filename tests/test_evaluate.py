@@ -20,7 +20,7 @@ from d2nb.train import TrainSettings, train
 from d2nb.zoo import CPU_RECIPE
 
 BCCD = SHARED_DATASETS / "bccd"
-PLACEHOLDER = "RBC-WBC"  # category id 0 of the export: no box uses it
+PLACEHOLDER = "RBC-WBC"  # category id 0 of the export: no box uses it, left out of the classes
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +39,12 @@ def bccd_evaluation(bccd_model, tmp_path_factory):
                                        progress=False))
 
 
-def test_per_category_ap_for_rbc_and_wbc_and_the_placeholder_noted_as_absent(bccd_evaluation):
+def test_per_category_ap_for_rbc_and_wbc_and_no_placeholder_class(bccd_evaluation):
     boxes = bccd_evaluation.metrics["bbox"]
     assert list(bccd_evaluation.metrics) == ["bbox"], "a box-only dataset is scored on boxes only"
     assert math.isfinite(boxes["AP-rbc"]) and math.isfinite(boxes["AP-wbc"]), boxes
-    assert math.isnan(boxes[f"AP-{PLACEHOLDER}"])
-    notes = [n for n in bccd_evaluation.notes if PLACEHOLDER in n]
-    assert len(notes) == 1 and "absent" in notes[0] and "not an error" in notes[0]
+    assert sorted(k for k in boxes if k.startswith("AP-")) == ["AP-rbc", "AP-wbc"]
+    assert not [n for n in bccd_evaluation.notes if PLACEHOLDER in n]
     assert not any("rbc'" in n or "wbc'" in n for n in bccd_evaluation.notes)
 
 
@@ -55,8 +54,9 @@ def test_the_report_holds_detectron2s_tables_then_the_notes(bccd_evaluation):
     # detectron2's own layout; tabulate widens the AP column when AP reaches 10
     assert re.match(r"Evaluation results for bbox: \n\| +AP +\| +AP50 +\| +AP75 +\| +APs +\| +APm +\| +APl +\|\n", table), table
     assert "Per-category bbox AP: \n| category   | AP" in table  # three (category, AP) column pairs
-    assert table.count("| category ") == 3
-    assert re.search(rf"\| {PLACEHOLDER} +\| nan +\| rbc +\| [0-9.]+ +\| wbc +\| [0-9.]+ +\|", table), table
+    assert table.count("| category ") == 2
+    assert re.search(r"\| rbc +\| [0-9.]+ +\| wbc +\| [0-9.]+ +\|", table), table
+    assert PLACEHOLDER not in table
     assert table in report and report.index(table) < report.index("Notes:")
     log = (Path(bccd_evaluation.output_dir) / "log.txt").read_text()
     assert "Per-category bbox AP" in log
@@ -66,13 +66,16 @@ def test_output_dir_holds_results_and_metrics_scored_against_the_valid_split(bcc
     out = Path(bccd_evaluation.output_dir)
     assert (out / "inference" / "instances_predictions.pth").is_file()
     results = load_detections(out / "inference" / "coco_instances_results.json")
-    assert results and {r["category_id"] for r in results} <= {0, 1, 2}
+    assert results and {r["category_id"] for r in results} <= {1, 2}
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["bbox"] == pytest.approx(bccd_evaluation.metrics["bbox"], nan_ok=True)
-    assert Path(saved["gt_json"]) == (BCCD / "valid" / "_annotations.coco.json").resolve()
+    scored = json.loads(Path(saved["gt_json"]).read_text())  # the valid split without the placeholder
+    original = json.loads((BCCD / "valid" / "_annotations.coco.json").read_text())
+    assert scored["annotations"] == original["annotations"] and scored["images"] == original["images"]
+    assert [c["name"] for c in scored["categories"]] == ["rbc", "wbc"]
     again = load_evaluation(out)
     assert again.tables == bccd_evaluation.tables and again.notes == bccd_evaluation.notes
-    assert again.class_names == [PLACEHOLDER, "rbc", "wbc"]
+    assert again.class_names == ["rbc", "wbc"]
 
 
 def test_results_viewer_filters_the_gallery_by_class_and_steps_through_it(bccd_evaluation):
@@ -80,7 +83,7 @@ def test_results_viewer_filters_the_gallery_by_class_and_steps_through_it(bccd_e
 
     viewer = ResultsViewer(bccd_evaluation.output_dir, score_threshold=0.05)
     assert list(viewer.task.options) == ["bbox"]
-    assert "Per-category bbox AP" in viewer.tables.value and PLACEHOLDER in viewer.tables.value
+    assert "Per-category bbox AP" in viewer.tables.value and PLACEHOLDER not in viewer.tables.value
     assert bytes(viewer.chart.value).startswith(b"\x89PNG")
     everything = list(viewer.images)
     assert everything and bytes(viewer.gallery.value).startswith(b"\x89PNG")
@@ -94,8 +97,6 @@ def test_results_viewer_filters_the_gallery_by_class_and_steps_through_it(bccd_e
     assert viewer.index == (1 if len(viewer.images) > 1 else 0)
     viewer.previous.click()
     assert viewer.current is first and viewer.position.value.startswith(f"1/{len(viewer.images)}")
-    viewer.class_filter.value = PLACEHOLDER
-    assert viewer.images == [] and viewer.position.value.startswith("no image")
     viewer.class_filter.value = ALL_CLASSES
     viewer.score_threshold.value = 1.0  # nothing kept: every object is missed
     objects = json.loads((BCCD / "valid" / "_annotations.coco.json").read_text())["annotations"]
@@ -113,9 +114,11 @@ def test_command_line_evaluates_the_test_split_like_train_net_eval_only(bccd_mod
         capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONWARNINGS="ignore"))
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "Per-category bbox AP" in completed.stdout + completed.stderr
-    assert f"note: bbox AP-{PLACEHOLDER}: nan" in completed.stdout
+    assert PLACEHOLDER not in completed.stdout
     saved = json.loads((out / "metrics.json").read_text())
-    assert Path(saved["gt_json"]) == test_json.resolve() and math.isfinite(saved["bbox"]["AP-rbc"])
+    scored = json.loads(Path(saved["gt_json"]).read_text())
+    assert scored["annotations"] == json.loads(test_json.read_text())["annotations"]
+    assert math.isfinite(saved["bbox"]["AP-rbc"]) and math.isfinite(saved["bbox"]["AP-wbc"])
     assert (out / "inference" / "coco_instances_results.json").is_file()
 
 
