@@ -121,6 +121,30 @@ def other_sizes(export, folder) -> list:
     return [str(folder / name) for name in made]
 
 
+def test_cli_exports_and_prints_the_check(trained_run, synthetic_pictures, tmp_path, capsys):
+    from d2nb.cli import main
+
+    assert main(["export", "--config-file", str(trained_run["output_dir"]), "--format", "torchscript",
+                 "--sample-image", synthetic_pictures[0], "--sample-image", synthetic_pictures[1],
+                 "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "matches PyTorch" in out and "TorchScript (tracing)" in out and (tmp_path / "model.ts").is_file()
+
+
+def test_cli_exits_non_zero_when_the_export_differs(monkeypatch, capsys):
+    import d2nb.export
+    from d2nb.cli import main
+    from d2nb.data.table import Table
+    from d2nb.export.export import ExportResult
+
+    def differing(*args, **kwargs):
+        return ExportResult(False, "onnx", "tracing", "out", {}, Table([]), ["ONNX Runtime (CPU): drops the masks"])
+
+    monkeypatch.setattr(d2nb.export, "export_model", differing)
+    assert main(["export", "--format", "onnx", "--output", "out"]) == 1
+    assert "does NOT match PyTorch" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------- the model zoo (random weights)
 
 
