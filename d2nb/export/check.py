@@ -233,7 +233,7 @@ def check_runners(runners: dict, pictures: list, tolerance: Tolerance = Toleranc
                 "barely trained weights do this; check the export with trained weights")
     columns = ["runs", "instances", "matched", "max score diff", "mask IoU min / mean", "keypoints max px",
                "latency ms (median)", "verdict"]
-    present = [c for c in columns if any(c in row for row in rows)]
+    present = [c for c in columns if any(row.get(c) not in (None, "") for row in rows)]
     title = (f"{len(pictures)} pictures; matched: PyTorch's instances with an exported twin of their class at "
              f"box IoU >= {tolerance.box_iou}")
     return Table(rows, present, title=title), comparisons

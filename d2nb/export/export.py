@@ -67,6 +67,7 @@ class ExportResult:
     problems: list = field(default_factory=list)
     sample_images: list = field(default_factory=list)  # the pictures checked on (files, or names)
     comparisons: list = field(default_factory=list)  # a check.Comparison per runtime, in numbers
+    sample_source: str = ""  # what the pictures are, in words
 
     def raise_for_problems(self) -> None:
         """Raise ``D2nbError`` listing the problems, when the export does not match PyTorch."""
@@ -77,7 +78,8 @@ class ExportResult:
 
     def report(self) -> str:
         head = (f"{self.format} ({self.export_method}) export in {self.output_dir}: "
-                + ("matches PyTorch" if self.ok else "does NOT match PyTorch"))
+                + ("matches PyTorch" if self.ok else "does NOT match PyTorch")
+                + (f", on {len(self.sample_images)} {self.sample_source}" if self.sample_source else ""))
         parts = [head, str(self.table)]
         if self.problems:
             parts.append("Problems:\n" + "\n".join(f"- {problem}" for problem in self.problems))
@@ -92,7 +94,9 @@ class ExportResult:
         problems = "".join(f"<li>{html.escape(p)}</li>" for p in self.problems)
         verdict = "matches PyTorch" if self.ok else "<b>does NOT match PyTorch</b>"
         files = "".join(f"<li>{html.escape(k)}: <code>{html.escape(v)}</code></li>" for k, v in self.files.items())
-        return (f"<p>{html.escape(self.format)} ({html.escape(self.export_method)}) export: {verdict}</p>"
+        checked = f", on {len(self.sample_images)} {self.sample_source}" if self.sample_source else ""
+        return (f"<p>{html.escape(self.format)} ({html.escape(self.export_method)}) export: {verdict}"
+                f"{html.escape(checked)}</p>"
                 + self.table._repr_html_() + (f"<p>Problems:</p><ul>{problems}</ul>" if problems else "")
                 + f"<ul>{files}</ul>")
 
@@ -125,7 +129,7 @@ def export_model(config=None, weights=None, format: str = "torchscript", export_
     kwargs = {} if score_floor is None else {"score_floor": score_floor}
     predictor = Predictor(config, weights, device="cpu", opts=opts, **kwargs)
     _check_model(predictor.model, format)
-    pictures = _sample_pictures(sample_images, predictor)
+    pictures, described = _sample_pictures(sample_images, predictor)
     settings = _settings(predictor)
     folder = Path(output_dir).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
@@ -146,7 +150,7 @@ def export_model(config=None, weights=None, format: str = "torchscript", export_
                                        noisy_reference=noisy_pytorch_runner(predictor))
     problems = [problem for comparison in comparisons for problem in comparison.problems]
     return ExportResult(not problems, format, export_method, str(folder), files, table, problems,
-                        [source for source, _ in pictures], comparisons)
+                        [source for source, _ in pictures], comparisons, described)
 
 
 # --------------------------------------------------------------------------- choices
@@ -197,24 +201,29 @@ def _check_model(model, format: str) -> None:
                         "which keeps the keypoints")
 
 
-def _sample_pictures(sample_images, predictor) -> list:
-    """``[(file or URL, RGB array)]``: the pictures given, else the config's test split, else samples."""
+def _sample_pictures(sample_images, predictor) -> tuple:
+    """``([(file or URL, RGB array)], what they are)``: the pictures given, else the config's
+    test split, else d2nb's bundled samples."""
     from d2nb.images import load_images
 
+    described = "pictures given as sample_images"
     if sample_images in (None, "", []):
-        sample_images = _test_split_files(predictor) or "samples"
+        name, files = _test_split_files(predictor)
+        described = (f"pictures of {name}, the config's test split" if files else
+                     f"d2nb's bundled samples ({name or 'the config names no test split'}: no pictures here)")
+        sample_images = files or "samples"
     loaded = load_images(sample_images)
     pictures = [(image.source, image.image) for image in loaded if image.ok]
     if not pictures:
         reasons = "; ".join(image.error for image in loaded if image.error)[:500]
         raise D2nbError(f"none of the sample pictures {sample_images!r} could be loaded ({reasons or 'no files'})",
                         "pass sample_images= pictures the model can be checked on, e.g. 'photos/*.jpg' or 'samples'")
-    return pictures
+    return pictures, described
 
 
 def _test_split_files(predictor) -> list:
-    """Up to ``MAX_SAMPLE_PICTURES`` files of the config's first test dataset, when its
-    pictures are on this machine (the synthetic val split is generated if needed)."""
+    """``(name, files)``: the config's first test dataset and up to ``MAX_SAMPLE_PICTURES`` of
+    its files that are on this machine (the synthetic val split is generated if needed)."""
     from detectron2.data import DatasetCatalog
 
     from d2nb.data import SYNTHETIC_VAL, register_synthetic
@@ -223,12 +232,12 @@ def _test_split_files(predictor) -> list:
     if name == SYNTHETIC_VAL and name not in DatasetCatalog.list():
         register_synthetic()
     if not name or name not in DatasetCatalog.list():
-        return []
+        return name, []
     try:
         files = [record["file_name"] for record in DatasetCatalog.get(name)[:MAX_SAMPLE_PICTURES]]
     except (OSError, AssertionError, KeyError, ValueError):  # a builtin dataset whose files are not here
-        return []
-    return [f for f in files if Path(f).is_file()]
+        return name, []
+    return name, [f for f in files if Path(f).is_file()]
 
 
 def _test_dataset(config_file: str):
@@ -413,6 +422,6 @@ def onnx_runners(model_file: Path) -> dict:
     runners = {}
     for provider in providers:
         model = runtime.OnnxModel(model_file, providers=[provider])
-        runners[f"ONNX Runtime ({provider.replace('ExecutionProvider', '')})"] = (
-            lambda image_rgb, model=model: model.predict(np.ascontiguousarray(image_rgb[:, :, ::-1])))
+        name = f"ONNX Runtime ({model.providers[0].replace('ExecutionProvider', '')})"  # what it runs on
+        runners.setdefault(name, lambda image_rgb, model=model: model.predict(np.ascontiguousarray(image_rgb[:, :, ::-1])))
     return runners

@@ -182,8 +182,9 @@ class OnnxModel:
                                     "copy it from the folder the model was exported to")
         self.settings = json.loads(settings_file.read_text())
         available = onnxruntime.get_available_providers()
-        self.providers = list(providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available])
-        self.session = onnxruntime.InferenceSession(str(self.path), providers=self.providers)
+        wanted = list(providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available])
+        self.session = onnxruntime.InferenceSession(str(self.path), providers=wanted)
+        self.providers = self.session.get_providers()  # what it runs on (a provider that fails to start is left out)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [output.name for output in self.session.get_outputs()]
 
