@@ -13,7 +13,7 @@ import sys
 
 from d2nb.errors import D2nbError
 
-SUBCOMMANDS = ("train", "demo", "data", "evaluate", "install")
+SUBCOMMANDS = ("train", "demo", "data", "evaluate", "export", "install")
 
 
 def key_value_opts(opts, example: str) -> list:
