@@ -17,7 +17,7 @@ import d2nb.install as install
 from conftest import NOTEBOOKS, ROOT
 
 # The four notebooks of the user's work; a badge may come before its notebook is written.
-PLANNED_NOTEBOOKS = ["01_inference", "02_dataset_prep", "03_train", "04_evaluate"]
+PLANNED_NOTEBOOKS = ["01_inference", "02_dataset_prep", "03_train", "04_evaluate", "05_export"]
 COLAB = "https://colab.research.google.com"
 BINDER = "https://mybinder.org/v2/gh"
 BADGE = re.compile(r"\[!\[(?P<alt>[^\]]*)\]\((?P<image>[^)]+)\)\]\((?P<href>[^)]+)\)")
