@@ -34,7 +34,7 @@ STABLE_OPTS = ["SOLVER.CLIP_GRADIENTS.ENABLED", "True", "SOLVER.CLIP_GRADIENTS.C
 
 def _schedule_opts(iters: int) -> list:
     # the same schedule d2nb derives for max_iter (steps at 2/3 and 8/9, warmup a tenth)
-    # from-scratch weights need batch-statistics BN, which d2nb sets by itself (train._from_scratch_norm)
+    # from-scratch weights need batch-statistics BN, which d2nb sets by itself (d2nb.train.config._from_scratch_norm)
     return ["MODEL.RESNETS.NORM", "BN", "MODEL.BACKBONE.FREEZE_AT", "0", "SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", f"({iters * 60000 // 90000}, {iters * 80000 // 90000})",
             "SOLVER.WARMUP_ITERS", str(max(1, iters // 10)), "SOLVER.CHECKPOINT_PERIOD", "100000",
             "DATASETS.TEST", "()"]

@@ -4,9 +4,15 @@ Modules, one per stage of the work:
 
 - ``d2nb.data``: the synthetic dataset, dataset registration, formats and validation.
 - ``d2nb.zoo``: the model-zoo catalogue and config/weights resolution.
-- ``d2nb.train``: training settings, the trainer and its live monitor.
+- ``d2nb.train``: training settings, the config built from them, the trainer and its live
+  monitor, several processes.
+- ``d2nb.predict``: the predictor, its batches, post-processing and saved outputs; below it
+  ``d2nb.prediction`` (what a model found) and ``d2nb.draw`` (drawing it).
+- ``d2nb.evaluate``, ``d2nb.analysis``: COCO evaluation and what the numbers mean.
+- ``d2nb.export``: TorchScript and ONNX.
 - ``d2nb.devices``: which GPUs to use.
 - ``d2nb.install``: getting detectron2 itself onto a machine (Colab, a fresh venv).
+- ``d2nb.widgets`` and ``d2nb.cli``: the notebooks' views and the command lines, above the rest.
 
 Importing ``d2nb`` does not import detectron2, so ``d2nb.install`` works before it exists.
 """

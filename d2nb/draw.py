@@ -16,7 +16,7 @@ import colorsys
 import cv2
 import numpy as np
 
-from d2nb.predict import DEFAULT_SCORE_THRESHOLD, Prediction
+from d2nb.prediction import DEFAULT_SCORE_THRESHOLD, Prediction
 
 MASK_ALPHA = 0.45
 SEGMENT_ALPHA = 0.35

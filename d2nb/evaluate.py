@@ -25,15 +25,14 @@ import io
 import json
 import logging
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from d2nb import zoo
 from d2nb.data import SYNTHETIC, SyntheticSpec, resolve_dataset
 from d2nb.data.register import class_names as coco_class_names, read_coco_json
-from d2nb.devices import resolve_gpus
 from d2nb.errors import D2nbError
-from d2nb.monitor import in_notebook
+from d2nb.train.monitor import in_notebook
 from d2nb.parameters import flag
 
 logger = logging.getLogger("d2nb.evaluate")
@@ -120,11 +119,11 @@ def evaluate(settings: EvaluationSettings) -> EvaluationResult:
     from detectron2.modeling import build_model
 
     from d2nb.modeling import register as register_model_parts
-    from d2nb.train import _prepare_output_dir, setup_run_logging
+    from d2nb.train.output import prepare_output_dir, setup_run_logging
 
     cfg, name, choice = build_evaluation_config(settings)
     _check_output_dir(settings.output_dir)
-    _prepare_output_dir(cfg.OUTPUT_DIR)
+    prepare_output_dir(cfg.OUTPUT_DIR)
     setup_run_logging(cfg.OUTPUT_DIR, quiet_console=in_notebook())
     if in_notebook():
         _console_warnings_only()
@@ -151,17 +150,17 @@ def evaluate(settings: EvaluationSettings) -> EvaluationResult:
 def build_evaluation_config(settings: EvaluationSettings) -> tuple:
     """``(frozen cfg, name of the dataset to evaluate, zoo.ModelChoice)``: d2nb.train's
     config building with the model, weights and dataset resolved for evaluation."""
-    from d2nb.train import TrainSettings, build_config
+    from d2nb.train import TrainSettings, build_config, check_settings
 
     choice = choose_model(settings.config, settings.weights, settings.runs_root)
     name = evaluation_dataset(settings.dataset, settings.image_root, settings.synthetic_size,
                               keep_placeholder=flag("keep_placeholder", settings.keep_placeholder))
-    gpus = min(resolve_gpus(settings.gpus), 1)
     weights = "none" if choice.weights == "" else choice.weights
-    cfg = build_config(TrainSettings(
-        gpus=gpus, output_dir=str(settings.output_dir), dataset=settings.dataset, val_dataset=name,
+    checked = check_settings(TrainSettings(
+        gpus=settings.gpus, output_dir=str(settings.output_dir), dataset=settings.dataset, val_dataset=name,
         image_root=settings.image_root, config=choice.zoo_name or choice.config, weights=weights,
-        opts=list(settings.opts or []), synthetic_size=settings.synthetic_size, monitor=False))
+        opts=settings.opts, synthetic_size=settings.synthetic_size, monitor=False))
+    cfg = build_config(replace(checked, gpus=min(checked.gpus, 1)))  # evaluation runs in one process
     dataset_classes = _thing_classes(name)
     if choice.class_names and dataset_classes and list(choice.class_names) != dataset_classes:
         logger.warning(f"The model was trained on classes {choice.class_names}, dataset {name} has "

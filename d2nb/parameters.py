@@ -1,32 +1,24 @@
-"""Parameters as notebooks and command lines deliver them, checked before anything runs.
+"""Parameter values as notebooks and command lines deliver them, turned into their types.
 
-papermill turns ``-p max_iter 100`` into a number but ``-p gpus two`` or ``-r max_iter 100``
-into text, and a hand-edited parameters cell may hold ``resume = "False"``. ``check_settings``
-turns whole-number text into numbers and ``"true"``/``"false"`` into booleans, and refuses
-anything else with a ``D2nbError`` that names the parameter, the value and an example.
+papermill turns ``-p max_iter 100`` into a number but ``-r max_iter 100`` into text, and a
+hand-edited parameters cell may hold ``resume = "False"``. Each function here takes one such
+value and returns it as its type (whole-number text as an int, ``"true"``/``"false"`` as a
+bool), or raises a ``D2nbError`` that names the parameter, the value and an example.
 
-    settings = check_settings(TrainSettings(max_iter="200", resume="no"))
-    settings.max_iter, settings.resume      # (200, False)
+    whole_number("max_iter", "200"), flag("resume", "no")      # (200, False)
+
+``d2nb.train.settings.check_settings`` applies them to every training parameter, and
+``d2nb.evaluate`` to its own.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import replace
 
 from d2nb.errors import D2nbError
 
 _TRUE = ("true", "yes", "1", "on")
 _FALSE = ("false", "no", "0", "off", "")
-
-# TrainSettings fields by kind: (name, smallest value allowed)
-WHOLE_NUMBERS = (("max_iter", 1), ("ims_per_batch", 1), ("checkpoint_period", 1), ("eval_period", 0),
-                 ("num_workers", 0), ("cpu_processes", 1), ("num_machines", 1), ("machine_rank", 0),
-                 ("seed", -(2**31)))
-FLAGS = ("resume", "amp", "fast", "monitor", "keep_placeholder")
-PATHS = ("output_dir",)
-
 
 EXAMPLES = {"max_iter": 1000, "ims_per_batch": 4, "checkpoint_period": 500, "eval_period": 500,
             "num_workers": 2, "cpu_processes": 2, "num_machines": 2, "machine_rank": 1, "seed": 0}
@@ -91,20 +83,3 @@ def config_options(value) -> list:
     raise D2nbError(f"opts must be a list of KEY VALUE strings, got {value!r}",
                     "pass e.g. opts=['SOLVER.BASE_LR', '0.001'], or to papermill: "
                     "-y \"opts: [SOLVER.BASE_LR, '0.001']\"")
-
-
-def check_settings(settings):
-    """A copy of ``settings`` (a ``TrainSettings``) with every parameter of a checkable kind
-    turned into its type; ``D2nbError`` naming the first that cannot be."""
-    changes = {name: whole_number(name, getattr(settings, name), minimum) for name, minimum in WHOLE_NUMBERS}
-    changes.update({name: flag(name, getattr(settings, name)) for name in FLAGS})
-    changes["base_lr"] = positive_number("base_lr", settings.base_lr)
-    changes["opts"] = config_options(settings.opts)
-    for name in PATHS:
-        value = getattr(settings, name)
-        if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
-            raise D2nbError(f"{name} must be a folder path, got {value!r}", f"pass e.g. {name}='runs/train'")
-    if changes["machine_rank"] >= changes["num_machines"]:
-        raise D2nbError(f"machine_rank={changes['machine_rank']} must be smaller than num_machines="
-                        f"{changes['num_machines']}", "number the machines 0, 1, ... num_machines - 1")
-    return replace(settings, **changes)

@@ -17,7 +17,7 @@ import numpy as np
 
 from d2nb.errors import D2nbError
 from d2nb.images import LoadedImage
-from d2nb.predict import DEFAULT_SCORE_THRESHOLD
+from d2nb.prediction import DEFAULT_SCORE_THRESHOLD
 
 VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v", ".mov": "mp4v"}
 

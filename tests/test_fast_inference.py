@@ -7,9 +7,10 @@ import torch
 from detectron2.layers import Conv2d, FrozenBatchNorm2d, paste_masks_in_image
 from torchvision.ops import roi_align
 
-from d2nb import fast_inference
-from d2nb.fast_inference import crop_windows, fold_norms, half_precision_backbone, paste_crops
-from d2nb.roi_align import ROIAlign, separable_roi_align, use_separable_roi_align
+from d2nb.predict import postprocess
+from d2nb.predict.postprocess import crop_windows, paste_crops
+from d2nb.predict.precision import fold_norms, half_precision_backbone
+from d2nb.train.roi_align import ROIAlign, separable_roi_align, use_separable_roi_align
 
 
 def random_rois(generator, count, images, size, max_side):
@@ -60,7 +61,7 @@ def test_masks_pasted_inside_their_boxes_are_detectron2s_pasted_in_the_picture(m
     probs = torch.rand(count, 28, 28, generator=generator)
     probs[:4] = 1.0  # saturated masks reach the box edges
     expected = paste_masks_in_image(probs, boxes, (height, width)).numpy()
-    monkeypatch.setattr(fast_inference, "CANVAS_LIMIT", 20_000)  # several groups, as large pictures get
+    monkeypatch.setattr(postprocess, "CANVAS_LIMIT", 20_000)  # several groups, as large pictures get
     crops = paste_crops(probs, boxes, crop_windows(boxes.numpy(), height, width))
     for mask, (left, top, crop) in zip(expected, crops):
         pasted = np.zeros_like(mask)

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from d2nb.monitor import LiveMonitor, TrainingCurves, follow_metrics_file, format_seconds
+from d2nb.train.monitor import LiveMonitor, TrainingCurves, follow_metrics_file, format_seconds
 
 
 def _curves(n=50, seconds=0.5, max_iter=200):
@@ -43,7 +43,7 @@ def test_follow_metrics_file_reads_only_complete_lines(tmp_path):
     path = tmp_path / "metrics.json"
     path.write_text('{"iteration": 19, "total_loss": 1.5, "lr": 0.01}\n{"iteration": 39, "total_lo')
     curves = TrainingCurves(100)
-    from d2nb.monitor import LiveView
+    from d2nb.train.monitor import LiveView
 
     position = follow_metrics_file(path, curves, LiveView(enabled=False))
     assert [r["iteration"] for r in curves.rows] == [19]

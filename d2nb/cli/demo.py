@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from d2nb.predict import DEFAULT_SCORE_THRESHOLD
+from d2nb.prediction import DEFAULT_SCORE_THRESHOLD
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

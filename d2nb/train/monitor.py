@@ -261,3 +261,10 @@ def follow_metrics_file(path, curves: TrainingCurves, view: LiveView, position: 
         view.show_status(curves.status_text())
         view.show_png(curves.png())
     return position + len(complete)
+
+
+def run_title(cfg) -> str:
+    """The plot's title: the run's folder, its dataset and its batch."""
+    from pathlib import Path
+
+    return f"{Path(cfg.OUTPUT_DIR).name}: {cfg.DATASETS.TRAIN[0]}, {cfg.SOLVER.IMS_PER_BATCH} images/batch"
