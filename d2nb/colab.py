@@ -25,10 +25,10 @@ class ColabHooks:
     def in_colab(self) -> bool:
         return "google.colab" in sys.modules  # a Colab kernel imports it at start-up
 
-    def drive_mounted(self, mount_point: Path = DRIVE_MOUNT_POINT) -> bool:
+    def drive_mounted(self, mount_point: Path) -> bool:
         return (Path(mount_point) / "MyDrive").is_dir()
 
-    def mount_drive(self, mount_point: Path = DRIVE_MOUNT_POINT) -> None:
+    def mount_drive(self, mount_point: Path) -> None:
         from google.colab import drive  # only exists in Colab
 
         drive.mount(str(mount_point))
@@ -51,11 +51,13 @@ def on_drive(path) -> bool:
     return Path(path).expanduser().absolute().is_relative_to(DRIVE_MOUNT_POINT)
 
 
-def mount_drive(mount_point: Path = DRIVE_MOUNT_POINT) -> Path:
-    """Mount Google Drive (once per runtime) and return ``<mount_point>/MyDrive``.
+def mount_drive(mount_point=None) -> Path:
+    """Mount Google Drive (once per runtime) at ``mount_point`` (default ``/content/drive``) and
+    return ``<mount_point>/MyDrive``.
 
     Raises ``D2nbError`` outside Colab, where there is no Drive to mount.
     """
+    mount_point = Path(mount_point or DRIVE_MOUNT_POINT)
     if not hooks.in_colab():
         raise D2nbError("Google Drive can only be mounted in Colab, and this kernel is not Colab's",
                         "leave mount_drive off outside Colab, and pass a local folder instead of /content/drive/...")
@@ -68,4 +70,4 @@ def mount_drive(mount_point: Path = DRIVE_MOUNT_POINT) -> Path:
 
 
 def drive_mounted() -> bool:
-    return hooks.in_colab() and hooks.drive_mounted()
+    return hooks.in_colab() and hooks.drive_mounted(DRIVE_MOUNT_POINT)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from d2nb import colab
+
 ALREADY_INSTALLED = "already installed"
 CACHE_HIT = "cache hit"
 FRESH_BUILD = "fresh build"
@@ -47,7 +49,7 @@ class SetupStatus:
         where = {ALREADY_INSTALLED: f"already installed ({self.detectron2_location})",
                  CACHE_HIT: f"from the wheel cache ({self.wheel})",
                  FRESH_BUILD: f"fresh build in {self.build_seconds or 0:.0f} s, cached as {self.wheel}"}
-        drive = "mounted at /content/drive" if self.drive_mounted else "not mounted" + ("" if self.in_colab else " (not Colab)")
+        drive = f"mounted at {colab.DRIVE_MOUNT_POINT}" if self.drive_mounted else "not mounted" + ("" if self.in_colab else " (not Colab)")
         return "\n".join([f"d2nb set-up in {self.seconds:.1f} s",
                           f"  detectron2  {self.detectron2_version}, "
                           + where.get(self.detectron2_source, self.detectron2_source),
