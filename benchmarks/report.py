@@ -117,7 +117,8 @@ def install_section(path: Path, data: dict) -> list:
         run = data[name]
         target_text = "-" if name == "first" else f"under 60 s: {_met(run['wall_seconds'] < 60)}"
         lines.append(f"| {name} | {run['how']} | {run['wall_seconds']:.1f} | "
-                     f"{run['build_seconds'] or 0:.1f} | {run['install_seconds']:.1f} | {target_text} |")
+                     + (f"{run['build_seconds']:.1f}" if run["build_seconds"] else "-")
+                     + f" | {run['install_seconds']:.1f} | {target_text} |")
     lines += ["", f"The wheel is {data['second']['wheel_megabytes']} MB; the second install's `detectron2._C` is "
                   f"the fresh environment's own: {data['second']['imported_from_the_venv']}.", ""]
     return lines

@@ -40,11 +40,13 @@ def write_package(folder: Path, name: str, torch_op: bool, cpp: str = None) -> P
     """A package with one compiled module ``<name>._C``: a torch op (``CppExtension``, as
     detectron2's ops are) or a plain setuptools ``Extension`` in C++ that compiles in a second."""
     (folder / name).mkdir(parents=True)
-    (folder / name / "__init__.py").write_text("import torch  # _C links against torch's libraries\n" if torch_op else "")
+    init = "import torch  # _C links against torch's libraries\n" if torch_op else ""
+    (folder / name / "__init__.py").write_text(init)
     (folder / name / "op.cpp").write_text(cpp or (TORCH_OP if torch_op else PLAIN_OP))
     if torch_op:
-        extension = (f"from torch.utils.cpp_extension import BuildExtension, CppExtension\n"
-                     f"ext = CppExtension('{name}._C', ['{name}/op.cpp'])\ncmdclass = {{'build_ext': BuildExtension}}\n")
+        extension = ("from torch.utils.cpp_extension import BuildExtension, CppExtension\n"
+                     f"ext = CppExtension('{name}._C', ['{name}/op.cpp'])\n"
+                     "cmdclass = {'build_ext': BuildExtension}\n")
     else:
         extension = f"ext = Extension('{name}._C', ['{name}/op.cpp'], language='c++')\ncmdclass = {{}}\n"
     (folder / "setup.py").write_text("from setuptools import Extension, setup\n" + extension
@@ -101,8 +103,8 @@ def test_a_second_install_into_a_fresh_venv_is_the_cached_wheel_without_a_build(
     assert f"torch{torch.__version__}" in entry.name and entry.name.startswith("d2nb_test_torch_op-test-revisi")
     key = json.loads((entry / "key.json").read_text())
     assert key["torch"] == torch.__version__ and key["wheel"] == first.wheel.name
-    assert python_says(first_python, "import torch, d2nb_test_torch_op._C as c; print(c.twice(torch.ones(2)).tolist())") \
-        == "[2.0, 2.0]"
+    twice = "import torch, d2nb_test_torch_op._C as c; print(c.twice(torch.ones(2)).tolist())"
+    assert python_says(first_python, twice) == "[2.0, 2.0]"
 
     def no_build(*args, **kwargs):
         raise AssertionError("built again although the cache holds a wheel for this machine")
@@ -175,7 +177,7 @@ def test_a_cached_wheel_that_does_not_import_is_set_aside_and_rebuilt(plain_op, 
     assert again.how == "fresh build" and len(again.set_aside) == 1 and len(run.pip("wheel")) == 1
     why = (again.set_aside[0] / "why.txt").read_text()
     assert "does not import (`import d2nb_test_plain_op._C`" in why and "ImportError" in why
-    assert f"The cached wheel in {first.wheel.parent} does not import" in out
+    assert f"The wheel cache entry {first.wheel.parent} does not import" in out
     assert python_says(python, "import d2nb_test_plain_op._C as c; print(c.answer())") == "42"
 
 
@@ -206,8 +208,9 @@ def test_the_cache_key_changes_with_each_thing_a_build_depends_on():
     package = Package("detectron2", "detectron2 @ git+https://example.invalid/d2.git@abc", "02b5c4e295e9990", "x._C")
     cpu = wheels.BuildTarget("cp311", "linux-x86_64", "2.8.0+cu126")
     gpu = replace(cpu, cuda="12.6", architectures="7.5;8.0+PTX")
-    keys = {cache_key(package, t) for t in (cpu, gpu, replace(cpu, torch="2.9.0+cu126"), replace(cpu, python_tag="cp312"),
-                                            replace(gpu, architectures="9.0"), replace(gpu, cuda="12.8"))}
+    targets = (cpu, gpu, replace(cpu, torch="2.9.0+cu126"), replace(cpu, python_tag="cp312"),
+               replace(gpu, architectures="9.0"), replace(gpu, cuda="12.8"))
+    keys = {cache_key(package, target) for target in targets}
     keys.add(cache_key(replace(package, revision="ffffffffffff"), cpu))
     assert len(keys) == 7
     assert cache_key(package, cpu) == "detectron2-02b5c4e295e9-cp311-linux-x86_64-torch2.8.0+cu126-cpu"

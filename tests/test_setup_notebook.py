@@ -197,7 +197,8 @@ def test_the_first_cell_prints_the_status_block_in_a_kernel(monkeypatch):
     from nbclient import NotebookClient
 
     monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the kernel imports this checkout's d2nb
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(first_code_cell(NOTEBOOKS / "01_inference.ipynb"))])
+    cell = nbformat.v4.new_code_cell(first_code_cell(NOTEBOOKS / "01_inference.ipynb"))
+    notebook = nbformat.v4.new_notebook(cells=[cell])
     NotebookClient(notebook, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(ROOT)}}).execute()
     outputs = notebook.cells[0].outputs
     text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")

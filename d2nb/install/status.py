@@ -49,7 +49,8 @@ class SetupStatus:
         where = {ALREADY_INSTALLED: f"already installed ({self.detectron2_location})",
                  CACHE_HIT: f"from the wheel cache ({self.wheel})",
                  FRESH_BUILD: f"fresh build in {self.build_seconds or 0:.0f} s, cached as {self.wheel}"}
-        drive = f"mounted at {colab.DRIVE_MOUNT_POINT}" if self.drive_mounted else "not mounted" + ("" if self.in_colab else " (not Colab)")
+        drive = (f"mounted at {colab.DRIVE_MOUNT_POINT}" if self.drive_mounted
+                 else "not mounted" + ("" if self.in_colab else " (not Colab)"))
         return "\n".join([f"d2nb set-up in {self.seconds:.1f} s",
                           f"  detectron2  {self.detectron2_version}, "
                           + where.get(self.detectron2_source, self.detectron2_source),

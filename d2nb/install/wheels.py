@@ -186,7 +186,7 @@ def build_wheel(package: Package, target: BuildTarget, cache_dir=None, python: s
     """Build ``package`` into a wheel kept in the cache under ``cache_key(package, target)``;
     return (wheel path, seconds). ``D2nbError`` with the end of the build log when pip fails.
 
-    The build happens next to ``entry`` and is renamed into place at the end, so that an
+    The finished entry is written next to ``entry`` and renamed into place, so that an
     interrupted build leaves no half-written entry, and two kernels building at once both end
     with a whole one. A local source folder is built from a copy without its ``build/``,
     ``*.egg-info`` and compiled ``.so`` files, so that an earlier in-place build neither
@@ -197,16 +197,19 @@ def build_wheel(package: Package, target: BuildTarget, cache_dir=None, python: s
     log.parent.mkdir(parents=True, exist_ok=True)
     say(f"Building {package.name} into a wheel for {target.describe()} (minutes; the log is {log})")
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=f".building-{entry.name}-", dir=entry.parent) as scratch:
-        scratch = Path(scratch)
+    # The compile happens on local disk (pip's own temporary folder, or the copy below), never
+    # in the cache, which may be a slow Drive folder; only the finished entry is written there.
+    with tempfile.TemporaryDirectory(prefix="d2nb-build-") as scratch, \
+            tempfile.TemporaryDirectory(prefix=f".building-{entry.name}-", dir=entry.parent) as unfinished:
         source = package.source
         if Path(source).is_dir():
-            source = str(shutil.copytree(source, scratch / "source", symlinks=True,
+            source = str(shutil.copytree(source, Path(scratch) / "source", symlinks=True,
                                          ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", "*.so",
                                                                        ".git")))
-        wheels = scratch / "entry"
+        wheels = Path(unfinished) / "entry"
         wheels.mkdir()
-        command = [python, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "--wheel-dir", str(wheels), source]
+        command = [python, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "--wheel-dir", str(wheels),
+                   source]
         with open(log, "w") as out:
             out.write(" ".join(command) + "\n")
             out.flush()
@@ -286,7 +289,7 @@ def _set_aside(entry: Path, reason: str, say: Callable, next_step: str = "buildi
     broken.parent.mkdir(parents=True, exist_ok=True)
     entry.rename(broken)
     (broken / "why.txt").write_text(reason + "\n")
-    say(f"The cached wheel in {entry} {reason}; set aside in {broken}" + (f", {next_step}." if next_step else "."))
+    say(f"The wheel cache entry {entry} {reason}; set aside in {broken}" + (f", {next_step}." if next_step else "."))
     return broken
 
 
