@@ -215,6 +215,7 @@ def test_the_cache_key_changes_with_each_thing_a_build_depends_on():
     assert len(keys) == 7
     assert cache_key(package, cpu) == "detectron2-02b5c4e295e9-cp311-linux-x86_64-torch2.8.0+cu126-cpu"
     assert cache_key(package, gpu).endswith("-torch2.8.0+cu126-cuda12.6-arch75_80ptx")
+    assert cache_key(package, replace(gpu, architectures="9.0a")).endswith("-cuda12.6-arch90a")  # an H200's
 
 
 def test_the_cache_folder_is_the_argument_then_the_variable_then_the_home_cache(tmp_path, monkeypatch):
@@ -228,3 +229,12 @@ def test_the_cache_folder_is_the_argument_then_the_variable_then_the_home_cache(
     (tmp_path / "file").write_text("")
     with pytest.raises(D2nbError, match=r"(?s)cannot create the wheel cache folder .*file/sub.*Fix: pass cache_dir="):
         wheels.wheel_cache_dir(tmp_path / "file" / "sub")
+
+
+def test_a_cache_on_an_unmounted_drive_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    import d2nb.colab as colab
+
+    monkeypatch.setattr(colab, "DRIVE_MOUNT_POINT", tmp_path / "content" / "drive")
+    with pytest.raises(D2nbError, match="is on Google Drive, which is not mounted"):
+        wheels.wheel_cache_dir(tmp_path / "content" / "drive" / "MyDrive" / "wheels")
+    assert not (tmp_path / "content").exists()

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from d2nb import colab
 from d2nb.errors import D2nbError
 
 CACHE_DIR_VARIABLE = "D2NB_CACHE_DIR"
@@ -123,8 +124,14 @@ def default_cache_dir() -> Path:
 
 def wheel_cache_dir(cache_dir=None) -> Path:
     """Where wheels are kept: ``cache_dir`` if given, else ``$D2NB_CACHE_DIR``, else
-    ``~/.cache/d2nb/wheels``. Created if missing; ``D2nbError`` when it cannot be."""
+    ``~/.cache/d2nb/wheels``. Created if missing; ``D2nbError`` when it cannot be, or when it is
+    under ``/content/drive`` while Google Drive is not mounted."""
     folder = Path(cache_dir or os.environ.get(CACHE_DIR_VARIABLE) or default_cache_dir()).expanduser()
+    if colab.on_drive(folder) and not (colab.DRIVE_MOUNT_POINT / "MyDrive").is_dir():
+        # Creating it would write to the runtime's own disk, and block Drive's mount point.
+        raise D2nbError(f"the wheel cache folder {folder} is on Google Drive, which is not mounted",
+                        "in a notebook, setup_notebook(cache_dir=...) mounts it; in a shell, mount Drive "
+                        "first (d2nb.colab.mount_drive() in a notebook cell)")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
