@@ -6,7 +6,9 @@ Modules, one per stage of the work:
 - ``d2nb.zoo``: the model-zoo catalogue and config/weights resolution.
 - ``d2nb.train``: training settings, the trainer and its live monitor.
 - ``d2nb.devices``: which GPUs to use.
-- ``d2nb.install``: getting detectron2 itself onto a machine (Colab, a fresh venv).
+- ``d2nb.install``: getting detectron2 itself onto a machine (Colab, a fresh venv), through a
+  cache of built wheels, and the notebooks' first cell with its status block.
+- ``d2nb.colab``: everything that only works in Colab (Drive, the widget manager), in one place.
 
 Importing ``d2nb`` does not import detectron2, so ``d2nb.install`` works before it exists.
 """
