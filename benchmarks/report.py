@@ -102,6 +102,28 @@ def cocoeval_section(path: Path, data: dict) -> list:
             f"Both give the same 12 AP/AR numbers: {data['same_stats']}.", ""]
 
 
+def install_section(path: Path, data: dict) -> list:
+    machine, target = data["machine"], data["machine"]["build_target"]
+    gpu = f"CUDA {target['cuda']} for {target['architectures']}" if target["cuda"] else "CPU only"
+    lines = [f"## Install: {path.name}", "",
+             f"{machine['cpus']} CPUs ({machine['platform']}), torch {machine['torch']}, detectron2 at "
+             f"{data['revision'][:12]} built {gpu}, {machine['date']}.", "",
+             f"Command: `{data['command']}`", "",
+             "Each install into a fresh virtual environment (`--system-site-packages`) through d2nb's wheel "
+             "cache, as `setup_notebook()` does; the cache starts empty.", "",
+             "| install | how | wall seconds | build seconds | pip install + import check seconds | target |",
+             "| --- | --- | ---: | ---: | ---: | --- |"]
+    for name in ("first", "second"):
+        run = data[name]
+        target_text = "-" if name == "first" else f"under 60 s: {_met(run['wall_seconds'] < 60)}"
+        lines.append(f"| {name} | {run['how']} | {run['wall_seconds']:.1f} | "
+                     + (f"{run['build_seconds']:.1f}" if run["build_seconds"] else "-")
+                     + f" | {run['install_seconds']:.1f} | {target_text} |")
+    lines += ["", f"The wheel is {data['second']['wheel_megabytes']} MB; the second install's `detectron2._C` is "
+                  f"the fresh environment's own: {data['second']['imported_from_the_venv']}.", ""]
+    return lines
+
+
 def main() -> None:
     lines = ["# Benchmark results", "",
              "Regenerate with `python benchmarks/report.py` after running the benchmarks that write",
@@ -114,6 +136,8 @@ def main() -> None:
             lines += inference_section(path, data)
         elif path.name.startswith("cocoeval"):
             lines += cocoeval_section(path, data)
+        elif path.name.startswith("install"):
+            lines += install_section(path, data)
     notes = HERE / "results" / "NOTES.md"  # the hand-written reading of the numbers
     text = "\n".join(lines) + "\n" + (notes.read_text() if notes.exists() else "")
     (HERE / "RESULTS.md").write_text(text)

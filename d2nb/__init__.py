@@ -11,7 +11,9 @@ Modules, one per stage of the work:
 - ``d2nb.evaluate``, ``d2nb.analysis``: COCO evaluation and what the numbers mean.
 - ``d2nb.export``: TorchScript and ONNX.
 - ``d2nb.devices``: which GPUs to use.
-- ``d2nb.install``: getting detectron2 itself onto a machine (Colab, a fresh venv).
+- ``d2nb.install``: getting detectron2 itself onto a machine (Colab, a fresh venv), through a
+  cache of built wheels, and the notebooks' first cell with its status block.
+- ``d2nb.colab``: everything that only works in Colab (Drive, the widget manager), in one place.
 - ``d2nb.widgets`` and ``d2nb.cli``: the notebooks' views and the command lines, above the rest.
 
 Importing ``d2nb`` does not import detectron2, so ``d2nb.install`` works before it exists.

@@ -194,6 +194,7 @@ class ImageMatches:
     pred_boxes: np.ndarray
     pred_gt: np.ndarray
     gt_pred: np.ndarray
+    iou: np.ndarray | None = None  # [prediction, ground truth] overlap the matching used
 
     @property
     def true_positives(self) -> np.ndarray:
@@ -251,7 +252,7 @@ def match_detections(gt, detections, iou_threshold: float = IOU_THRESHOLD, score
             image_id, coco.imgs[image_id].get("file_name", str(image_id)), gt_classes,
             np.array([a["bbox"] for a in gts], dtype=float).reshape(-1, 4), pred_classes,
             np.array([d["score"] for d in preds], dtype=float),
-            np.array([d["bbox"] for d in preds], dtype=float).reshape(-1, 4), pred_gt, gt_pred))
+            np.array([d["bbox"] for d in preds], dtype=float).reshape(-1, 4), pred_gt, gt_pred, iou))
     return matches
 
 

@@ -12,7 +12,10 @@ What lands in ``output_dir``: ``inference/coco_instances_results.json`` and
 ``inference/instances_predictions.pth`` (written by detectron2's ``COCOEvaluator``),
 ``metrics.json`` (the AP dicts COCOEvaluator returns, keyed ``bbox``, ``segm``,
 ``keypoints``, plus ``gt_json``: the COCO file the results were scored against),
-``ap_tables.json`` (the tables as detectron2 logged them) and ``log.txt``.
+``ap_tables.json`` (the tables as detectron2 logged them) and ``log.txt``. With ``tta=True``
+the model is also scored with test-time augmentation (``d2nb.tta``): its results go to
+``inference_tta/``, its AP to ``metrics_tta.json`` and ``ap_tables_tta.json``, and the report
+puts its AP beside the plain AP.
 
 Scoring uses pycocotools' official ``COCOeval`` (not detectron2's faster re-implementation),
 so the numbers are exactly what pycocotools computes from the saved results.
@@ -39,6 +42,8 @@ logger = logging.getLogger("d2nb.evaluate")
 
 TABLES_FILE = "ap_tables.json"
 METRICS_FILE = "metrics.json"
+TTA_METRICS_FILE = "metrics_tta.json"
+TTA_TABLES_FILE = "ap_tables_tta.json"
 # COCO's object sizes (pycocotools' areaRng), in the words the notes use
 SIZES = {"APs": "small (area under 32x32 pixels)", "APm": "medium (area 32x32 to 96x96 pixels)",
          "APl": "large (area over 96x96 pixels)"}
@@ -61,6 +66,8 @@ class EvaluationSettings:
       metrics.json is the training log.
     - ``gpus``: ``None`` = a GPU if there is one, 0 = the CPU; evaluation uses one device.
     - ``opts``: ``["KEY", "VALUE", ...]`` config options, applied last (e.g. ``TEST.DETECTIONS_PER_IMAGE``).
+    - ``tta``: also score with test-time augmentation (``TEST.AUG.*``; ``TEST.AUG.ENABLED True``
+      in ``opts`` does the same, as in train_net.py).
     """
 
     config: str | None = None
@@ -72,6 +79,7 @@ class EvaluationSettings:
     opts: list = field(default_factory=list)
     synthetic_size: int | list | None = None
     keep_placeholder: bool = False
+    tta: bool = False
     runs_root: str = zoo.RUNS_DIR
     progress: bool = True
 
@@ -97,6 +105,8 @@ class EvaluationResult:
     tables: dict
     notes: list
     training_run: str | None = None  # the run's output folder, when the model came from one
+    tta_metrics: dict = field(default_factory=dict)  # the same keys as metrics, with test-time augmentation
+    tta_tables: dict = field(default_factory=dict)
 
     @property
     def results_json(self) -> str:
@@ -122,6 +132,11 @@ def evaluate(settings: EvaluationSettings) -> EvaluationResult:
     from d2nb.train.output import prepare_output_dir, setup_run_logging
 
     cfg, name, choice = build_evaluation_config(settings)
+    run_tta = flag("tta", settings.tta) or cfg.TEST.AUG.ENABLED
+    if run_tta:
+        from d2nb.tta import check_tta
+
+        check_tta(cfg)  # before the plain evaluation, not after it
     _check_output_dir(settings.output_dir)
     prepare_output_dir(cfg.OUTPUT_DIR)
     setup_run_logging(cfg.OUTPUT_DIR, quiet_console=in_notebook())
@@ -137,11 +152,21 @@ def evaluate(settings: EvaluationSettings) -> EvaluationResult:
     with _TableCapture() as tables, contextlib.redirect_stdout(io.StringIO()) as printed:
         metrics = inference_on_dataset(model, _progress(loader, settings.progress), evaluator)
     logger.debug("pycocotools' summary:\n" + printed.getvalue())  # log.txt only: the tables say it
+    tta_metrics, tta_tables = {}, {}
+    if run_tta:
+        from d2nb.tta import describe_tta, with_tta
+
+        tta_model = with_tta(cfg, model)
+        logger.info(describe_tta(cfg))
+        evaluator = COCOEvaluator(name, output_dir=str(Path(cfg.OUTPUT_DIR, "inference_tta")), use_fast_impl=False)
+        with _TableCapture() as captured, contextlib.redirect_stdout(io.StringIO()):
+            tta_metrics = inference_on_dataset(tta_model, _progress(loader, settings.progress), evaluator)
+        tta_metrics, tta_tables = json.loads(json.dumps(tta_metrics, default=float)), captured.tables
     metadata = MetadataCatalog.get(name)
     metrics = json.loads(json.dumps(metrics, default=float))
     result = EvaluationResult(str(cfg.OUTPUT_DIR), name, str(metadata.json_file), metadata.get("image_root"),
                               list(metadata.get("thing_classes", []) or []), metrics, tables.tables, [],
-                              choice.output_dir and str(choice.output_dir))
+                              choice.output_dir and str(choice.output_dir), tta_metrics, tta_tables)
     result.notes = nan_notes(metrics, result.gt_json, name)
     _save(result, cfg)
     return result
@@ -327,9 +352,27 @@ def format_report(result: EvaluationResult) -> str:
         from d2nb.train import format_metrics
 
         parts.append(format_metrics(result.metrics))
+    if result.tta_metrics:
+        parts.append(format_tta_comparison(result))
     if result.notes:
         parts.append("Notes:\n" + "\n".join(f"- {note}" for note in result.notes))
     return "\n\n".join(parts)
+
+
+def format_tta_comparison(result: EvaluationResult) -> str:
+    """Plain and test-time augmented AP side by side, one row per task and metric."""
+    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+    lines = ["Test-time augmentation against the plain model:",
+             f"| {'task':8} | {'metric':6} | {'plain':>6} | {'TTA':>6} | {'change':>6} |",
+             "|:---------|:-------|-------:|-------:|-------:|"]
+    for task, plain in result.metrics.items():
+        augmented = result.tta_metrics.get(task, {})
+        for key in keys:
+            if key in plain and key in augmented:
+                a, b = plain[key], augmented[key]
+                change = "" if _is_nan(a) or _is_nan(b) else f"{b - a:+.2f}"
+                lines.append(f"| {task:8} | {key:6} | {a:6.2f} | {b:6.2f} | {change:>6} |")
+    return "\n".join(lines)
 
 
 def _save(result: EvaluationResult, cfg) -> None:
@@ -338,6 +381,9 @@ def _save(result: EvaluationResult, cfg) -> None:
     Path(result.output_dir, METRICS_FILE).write_text(json.dumps(saved, indent=1))
     Path(result.output_dir, TABLES_FILE).write_text(json.dumps(result.tables, indent=1))
     Path(result.output_dir, "config.yaml").write_text(cfg.dump())
+    if result.tta_metrics:
+        Path(result.output_dir, TTA_METRICS_FILE).write_text(json.dumps(result.tta_metrics, indent=1))
+        Path(result.output_dir, TTA_TABLES_FILE).write_text(json.dumps(result.tta_tables, indent=1))
 
 
 def load_evaluation(output_dir) -> EvaluationResult:
@@ -353,6 +399,8 @@ def load_evaluation(output_dir) -> EvaluationResult:
     tables = json.loads(tables_file.read_text()) if tables_file.is_file() else {}
     metrics = {k: v for k, v in saved.items() if isinstance(v, dict)}
     names = coco_class_names(read_coco_json(saved["gt_json"]))
+    tta = [json.loads((folder / f).read_text()) if (folder / f).is_file() else {}
+           for f in (TTA_METRICS_FILE, TTA_TABLES_FILE)]
     return EvaluationResult(str(folder), saved.get("dataset", ""), saved["gt_json"], saved.get("image_root"),
                             names, metrics, tables, nan_notes(metrics, saved["gt_json"], saved.get("dataset", "")),
-                            saved.get("training_run"))
+                            saved.get("training_run"), *tta)

@@ -2,7 +2,7 @@
 
 repo2docker runs ``pip install -r binder/requirements.txt`` in the repository's root, then
 ``binder/postBuild``. These tests check that those two files agree with ``pyproject.toml``
-(the dependencies and their pins) and with ``d2nb/install.py`` (the detectron2 commit).
+(the dependencies and their pins) and with ``d2nb/install/__init__.py`` (the detectron2 commit).
 """
 
 import os

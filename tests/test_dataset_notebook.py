@@ -71,6 +71,13 @@ def test_the_notebook_shows_the_browser_and_the_plots(synthetic_run):
     assert "application/vnd.jupyter.widget-view+json" in kinds and "image/png" in kinds
 
 
+def test_the_first_cell_prints_the_set_up_status_block(synthetic_run):
+    first = next(c for c in synthetic_run["notebook"]["cells"] if c["cell_type"] == "code")
+    text = "".join("".join(o.get("text", "")) for o in first["outputs"] if o["output_type"] == "stream")
+    assert text.startswith("d2nb set-up in ") and ", already installed (" in text
+    assert "\n  GPU         " in text and "\n  Drive       not mounted" in text
+
+
 def test_bccd_report_holds_its_three_categories_one_unused_and_no_polygons(bccd_run):
     summary = json.loads((bccd_run["out"] / "validation_report.json").read_text())
     coco = json.loads(bccd_run["train_json"].read_text())

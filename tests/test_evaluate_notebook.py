@@ -18,7 +18,7 @@ def evaluated(trained_run, tmp_path_factory):
     output_dir = folder / "evaluation"
     notebook = run_notebook("04_evaluate.ipynb", folder / "04_evaluate.out.ipynb",
                             {"gpus": 0, "config": trained_run["output_dir"], "output_dir": output_dir,
-                             "compare_with": trained_run["output_dir"]})
+                             "compare_with": trained_run["output_dir"], "save_thresholds": "best_f1", "tta": True})
     return {"output_dir": output_dir, "notebook": notebook, "run": trained_run["output_dir"]}
 
 
@@ -78,3 +78,32 @@ def test_the_evaluation_folder_is_complete_and_readable_again(evaluated):
     result = load_evaluation(out)
     assert result.training_run == str(evaluated["run"])
     assert result.class_names == ["circle", "triangle", "square", "star"]
+
+
+def test_the_threshold_explorer_runs_and_writes_best_f1_thresholds(evaluated):
+    from d2nb.thresholds import ThresholdTable, read_thresholds
+
+    out = evaluated["output_dir"]
+    written = json.loads((out / "thresholds.json").read_text())
+    assert written["score_threshold"] == 0.5 and written["task"] == "segm"
+    table = ThresholdTable.from_evaluation(out, "segm")
+    assert written["per_class"] == table.best_f1_thresholds()
+    assert sorted(written["per_class"]) == ["circle", "square", "star", "triangle"]
+    assert read_thresholds(out).for_class("star") == written["per_class"]["star"]
+    text = "".join("".join(o.get("text", "")) for c in evaluated["notebook"]["cells"] for o in c.get("outputs", []))
+    assert f"written: {out / 'thresholds.json'}" in text
+    assert "best-F1 threshold per class: circle " in text
+
+
+def test_tta_scores_the_same_keys_and_the_report_puts_them_beside_the_plain_ap(evaluated):
+    out = evaluated["output_dir"]
+    plain = json.loads((out / "metrics.json").read_text())
+    augmented = json.loads((out / "metrics_tta.json").read_text())
+    assert sorted(augmented) == list(TASKS)
+    for task in TASKS:
+        assert sorted(augmented[task]) == sorted(plain[task])
+        assert 0 < augmented[task]["AP"] <= 100
+    assert (out / "inference_tta" / "coco_instances_results.json").is_file()
+    text = "".join("".join(o.get("text", "")) for c in evaluated["notebook"]["cells"] for o in c.get("outputs", []))
+    assert "Test-time augmentation against the plain model:" in text
+    assert f"| segm     | AP     | {plain['segm']['AP']:6.2f} | {augmented['segm']['AP']:6.2f} |" in text

@@ -1,5 +1,6 @@
 """Colab and Binder: the README's badges open this repository's notebooks, and the first cell
-of a notebook makes a Colab kernel ready.
+of a notebook installs d2nb from this repository (what ``setup_notebook()`` then does in a Colab
+kernel is tests/test_setup_notebook.py's).
 
 The repository URL is written once, as ``d2nb.install.REPOSITORY_URL``; every badge is checked
 against the URL built from it, so a move of the repository is one edit plus a README update
@@ -7,8 +8,6 @@ that these tests ask for.
 """
 
 import re
-import sys
-import types
 
 import nbformat
 import pytest
@@ -85,39 +84,3 @@ def test_a_notebook_that_installs_d2nb_installs_it_from_the_repository_url(path)
         if "detectron2" not in url:
             assert url == f"git+{install.REPOSITORY_URL}.git@{install.REPOSITORY_BRANCH}", (
                 f"{path.name}'s first cell installs d2nb from {url}; use d2nb.install.d2nb_requirement()'s URL")
-
-
-class _Completed:
-    returncode = 0
-
-
-def test_setup_notebook_in_colab_installs_detectron2_and_turns_on_the_widget_manager(monkeypatch):
-    """A Colab kernel without detectron2: pip runs for the pinned commit, without build
-    isolation (it compiles against Colab's torch), then Colab's custom widget manager is
-    switched on so that ipywidgets 8 render."""
-    calls, enabled = [], []
-    colab = types.ModuleType("google.colab")
-    colab.output = types.SimpleNamespace(enable_custom_widget_manager=lambda: enabled.append(True))
-    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
-    monkeypatch.setitem(sys.modules, "google.colab", colab)
-    monkeypatch.setattr(install, "detectron2_installed", lambda: False)
-    real_ensure = install.ensure_detectron2
-    monkeypatch.setattr(install, "ensure_detectron2",
-                        lambda: real_ensure(run=lambda command: calls.append(command) or _Completed()))
-
-    install.setup_notebook()
-
-    assert calls == [[sys.executable, "-m", "pip", "install", "--no-build-isolation",
-                      f"detectron2 @ git+https://github.com/facebookresearch/detectron2.git@{install.DETECTRON2_COMMIT}"]]
-    assert enabled == [True]
-
-
-def test_setup_notebook_outside_colab_changes_nothing_where_detectron2_is_installed(monkeypatch):
-    def no_pip(command):
-        raise AssertionError(f"ran {command} although detectron2 is installed")
-
-    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
-    real_ensure = install.ensure_detectron2
-    monkeypatch.setattr(install, "ensure_detectron2", lambda: real_ensure(run=no_pip))
-    assert install.detectron2_installed()
-    install.setup_notebook()

@@ -31,6 +31,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--output", "--output-dir", dest="output_dir", default=defaults.output_dir,
                    help=f"folder for the results (default: {defaults.output_dir})")
     p.add_argument("--num-gpus", type=int, default=None, help="0 = CPU (default: a GPU if there is one)")
+    p.add_argument("--tta", action="store_true",
+                   help="also score with test-time augmentation (TEST.AUG.*), its AP beside the plain AP")
+    p.add_argument("--score-threshold", type=float, default=0.5,
+                   help="the threshold --save-thresholds writes for every class (default: 0.5)")
+    p.add_argument("--save-thresholds", default=None, metavar="CHOICE",
+                   help="write OUTPUT/thresholds.json for d2nb demo --thresholds: 'score_threshold' "
+                        "(--score-threshold for every class) or 'best_f1' (each class's best-F1 threshold)")
     p.add_argument("--eval-only", action="store_true", help="accepted for train_net.py parity; always on")
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                    help="KEY VALUE config options, applied last, as train_net.py takes them")
@@ -48,14 +55,25 @@ def settings_from_args(args):
     opts = [item for key, value in zip(opts[::2], opts[1::2]) if key not in ("MODEL.WEIGHTS", "OUTPUT_DIR")
             for item in (key, value)]
     return EvaluationSettings(config=args.config_file, weights=weights, dataset=args.dataset,
-                              image_root=args.image_root, output_dir=output_dir, gpus=args.num_gpus, opts=opts)
+                              image_root=args.image_root, output_dir=output_dir, gpus=args.num_gpus, opts=opts,
+                              tta=args.tta)
 
 
 def run(args) -> int:
     from d2nb.evaluate import evaluate
 
+    from d2nb.thresholds import choose_thresholds, save_thresholds
+
+    if args.save_thresholds:
+        choose_thresholds(None, args.save_thresholds, args.score_threshold)  # a misspelt choice fails before the model runs
     result = evaluate(settings_from_args(args))
     print(f"results and metrics.json in {result.output_dir}; scored against {result.gt_json}")
+    if result.tta_metrics:
+        from d2nb.evaluate import format_tta_comparison
+
+        print(format_tta_comparison(result))
     for note in result.notes:
         print(f"note: {note}")
+    if args.save_thresholds:
+        print(f"thresholds: {save_thresholds(result, args.save_thresholds, args.score_threshold)}")
     return 0

@@ -1,11 +1,13 @@
-"""``d2nb install``: detectron2 from its GitHub repository, when it is missing."""
+"""``d2nb install``: detectron2 from its GitHub repository (through the wheel cache), when it is missing."""
 
 
 def add_parser(sub):
-    return sub.add_parser("install", help="install detectron2 from GitHub if it is missing")
+    from d2nb.install import add_arguments
+
+    return add_arguments(sub.add_parser("install", help="install detectron2 (pinned commit, wheel cache) if it is missing"))
 
 
 def run(args) -> int:
-    from d2nb.install import main
+    from d2nb.install import run
 
-    return main()
+    return run(args)

@@ -23,15 +23,19 @@ from d2nb.data.register import (
     register_roboflow_folder,
 )
 from d2nb.data.prepare import PreparedDataset, prepare_dataset, validate_splits, write_split_report
-from d2nb.data.synthetic import CLASS_NAMES, SyntheticSpec, default_datasets_root, make_synthetic_dataset
+from d2nb.data.synthetic import (CLASS_NAMES, LargeSpec, SyntheticSpec, default_datasets_root, make_large_dataset,
+                                 make_synthetic_dataset)
 from d2nb.errors import D2nbError
 
 SYNTHETIC = "synthetic"
 SYNTHETIC_TRAIN = "d2nb_synthetic_train"
 SYNTHETIC_VAL = "d2nb_synthetic_val"
+SYNTHETIC_LARGE = "synthetic_large"  # 2048 px pictures with many 10-40 px shapes of the same classes
+SYNTHETIC_LARGE_NAME = "d2nb_synthetic_large"
 
 __all__ = [
     "CLASS_NAMES", "DatasetChoice", "SYNTHETIC", "SYNTHETIC_TRAIN", "SYNTHETIC_VAL", "SyntheticSpec",
+    "SYNTHETIC_LARGE", "SYNTHETIC_LARGE_NAME", "LargeSpec", "make_large_dataset", "register_synthetic_large",
     "PreparedDataset", "prepare_dataset", "validate_splits", "write_split_report",
     "check_dataset_files", "class_names", "dataset_splits", "default_datasets_root", "has_masks", "make_synthetic_dataset",
     "read_coco_json", "register_coco_json", "register_roboflow_folder", "register_synthetic", "resolve_dataset",
@@ -57,6 +61,13 @@ def register_synthetic(spec: SyntheticSpec = SyntheticSpec(), root=None) -> Data
     return DatasetChoice(SYNTHETIC_TRAIN, SYNTHETIC_VAL, list(CLASS_NAMES), True)
 
 
+def register_synthetic_large(spec: LargeSpec = LargeSpec(), root=None) -> DatasetChoice:
+    """Generate (or reuse) the large-picture split and register it (for evaluation: it is
+    both the "train" and the "val" of the choice)."""
+    register_coco_json(SYNTHETIC_LARGE_NAME, *make_large_dataset(spec, root))
+    return DatasetChoice(SYNTHETIC_LARGE_NAME, SYNTHETIC_LARGE_NAME, list(CLASS_NAMES), True)
+
+
 def resolve_dataset(dataset=SYNTHETIC, val_dataset=None, image_root=None,
                     synthetic: SyntheticSpec = SyntheticSpec(), keep_placeholder: bool = False) -> DatasetChoice:
     """Register what ``dataset`` names and return the train/val names to use.
@@ -73,6 +84,8 @@ def resolve_dataset(dataset=SYNTHETIC, val_dataset=None, image_root=None,
     dataset = SYNTHETIC if dataset in (None, "") else dataset
     if dataset == SYNTHETIC:
         choice = register_synthetic(synthetic)
+    elif dataset == SYNTHETIC_LARGE:
+        choice = register_synthetic_large()
     elif isinstance(dataset, str) and dataset in DatasetCatalog.list():
         choice = _describe(dataset, _guess_val_name(dataset))
     elif Path(str(dataset)).exists() or Path(str(dataset)).suffix == ".json":
@@ -87,7 +100,7 @@ def resolve_dataset(dataset=SYNTHETIC, val_dataset=None, image_root=None,
         from difflib import get_close_matches
         close = get_close_matches(str(dataset), DatasetCatalog.list(), n=3)
         raise D2nbError(
-            f"dataset {dataset!r} is neither 'synthetic', a registered dataset name, "
+            f"dataset {dataset!r} is neither 'synthetic', 'synthetic_large', a registered dataset name, "
             "a COCO json file, nor a folder with train/valid/test COCO splits"
             + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""),
             "pass dataset='synthetic', a name from DatasetCatalog.list(), a COCO json (with image_root= its "

@@ -1,7 +1,9 @@
 """The embedded default dataset: coloured shapes with polygon masks, made on the spot.
 
 ``make_synthetic_dataset()`` writes a standard COCO instances json and PNG images for a
-train and a val split. The same arguments always give the same bytes (every image draws
+train and a val split. ``make_large_dataset()`` writes pictures of the same classes at
+2048 x 2048 with many small shapes (10-40 px): what whole-picture inference at the model's
+size loses and tiled inference (``d2nb.predict``'s ``tile``) finds. The same arguments always give the same bytes (every image draws
 from its own seeded generator), so a dataset made once is reused from disk.
 """
 
@@ -44,6 +46,23 @@ class SyntheticSpec:
                 f"_max{self.max_shapes}_seed{self.seed}")
 
 
+@dataclass(frozen=True)
+class LargeSpec:
+    """Large pictures with many small shapes, the default classes and colours, no overlaps."""
+
+    num_images: int = 4
+    size: int = 2048
+    shapes: int = 120  # per picture
+    min_shape: int = 10  # pixels, the shape's nominal diameter
+    max_shape: int = 40
+    seed: int = 0
+
+    @property
+    def folder_name(self) -> str:
+        return (f"d2nb_synthetic_large_v{GENERATOR_VERSION}_{self.size}px_{self.num_images}_{self.shapes}"
+                f"x{self.min_shape}-{self.max_shape}_seed{self.seed}")
+
+
 def default_datasets_root() -> Path:
     """``$DETECTRON2_DATASETS`` (detectron2's own variable), else ``./datasets``."""
     return Path(os.environ.get("DETECTRON2_DATASETS", "datasets")).expanduser()
@@ -78,17 +97,44 @@ def make_synthetic_dataset(spec: SyntheticSpec = SyntheticSpec(), root=None) -> 
     return splits
 
 
-def _write_split(folder: Path, split: str, split_index: int, count: int, spec: SyntheticSpec):
+def make_large_dataset(spec: LargeSpec = LargeSpec(), root=None) -> tuple:
+    """Write (or reuse) the large-picture split; return ``(json_path, image_dir)``. Written
+    under a temporary name and renamed when complete, as ``make_synthetic_dataset``."""
+    root = Path(root) if root is not None else default_datasets_root()
+    folder = root / spec.folder_name
+    split = (str(folder / "large.json"), str(folder / "large"))
+    if (folder / "spec.json").is_file():
+        return split
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
+    try:
+        _write_split(staging, "large", 2, spec.num_images, spec)
+        (staging / "spec.json").write_text(json.dumps(asdict(spec), indent=1))
+        try:
+            staging.rename(folder)
+        except OSError:
+            if not (folder / "spec.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return split
+
+
+def _write_split(folder: Path, split: str, split_index: int, count: int, spec):
     (folder / split).mkdir(parents=True)
     images, annotations = [], []
     for image_index in range(count):
         rng = np.random.default_rng([spec.seed, split_index, image_index])
-        image, instances = draw_scene(rng, spec.height, spec.width, spec.max_shapes)
+        if isinstance(spec, LargeSpec):
+            height = width = spec.size
+            image, instances = draw_sparse_scene(rng, spec.size, spec.size, spec.shapes, spec.min_shape, spec.max_shape)
+        else:
+            height, width = spec.height, spec.width
+            image, instances = draw_scene(rng, height, width, spec.max_shapes)
         file_name = f"{image_index:05d}.png"
         cv2.imwrite(str(folder / split / file_name), image[:, :, ::-1])  # RGB -> BGR for cv2
         image_id = image_index + 1
-        images.append({"id": image_id, "file_name": file_name,
-                       "height": spec.height, "width": spec.width})
+        images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
         for category_id, polygons, bbox, area in instances:
             annotations.append({
                 "id": len(annotations) + 1, "image_id": image_id, "category_id": category_id,
@@ -126,6 +172,35 @@ def draw_scene(rng: np.random.Generator, height: int, width: int, max_shapes: in
         image[mask.astype(bool)] = colour
         placed.append((category_index + 1, polygon, mask))
     return image, _visible_instances(placed)
+
+
+def draw_sparse_scene(rng: np.random.Generator, height: int, width: int, count: int, min_size: int, max_size: int):
+    """Up to ``count`` shapes of ``min_size``-``max_size`` pixels that do not touch, each
+    inside its own cell of a grid over the picture (cells drawn at random), on the default
+    backgrounds; return what ``draw_scene`` returns."""
+    image = _background(rng, height, width)
+    cell = int(np.ceil(max_size * 1.3)) + 2  # the largest shape reaches 0.6 x its size from its centre
+    rows, columns = height // cell, width // cell
+    chosen = rng.choice(rows * columns, size=min(count, rows * columns), replace=False)
+    instances = []
+    for index in sorted(int(i) for i in chosen):
+        top, left = (index // columns) * cell, (index % columns) * cell
+        category_index = int(rng.integers(len(CLASS_NAMES)))
+        size = rng.uniform(min_size, max_size)
+        reach = 0.6 * size + 1
+        centre = rng.uniform(reach, cell - reach, 2)
+        local = _clip(_shape_polygon(rng, CLASS_NAMES[category_index], cell, cell, size, centre), cell, cell)
+        mask = _raster([local.ravel().tolist()], cell, cell)
+        if mask.sum() < 12:
+            continue
+        window = image[top:top + cell, left:left + cell]
+        window[mask.astype(bool)] = _contrasting_colour(rng, window, mask, CLASS_HUES[category_index])
+        ys, xs = np.nonzero(mask)
+        polygon = (local + [left, top]).round(2)
+        bbox = [float(left + xs.min()), float(top + ys.min()), float(xs.max() + 1 - xs.min()),
+                float(ys.max() + 1 - ys.min())]
+        instances.append((category_index + 1, [polygon.ravel().tolist()], bbox, float(mask.sum())))
+    return image, instances
 
 
 def _visible_instances(placed):
@@ -185,9 +260,11 @@ def _leaves_a_hole(placed, new: np.ndarray) -> bool:
     return False
 
 
-def _shape_polygon(rng, name: str, height: int, width: int) -> np.ndarray:
-    size = rng.uniform(0.25, 0.6) * min(height, width)
-    centre = rng.uniform([size * 0.3, size * 0.3], [width - size * 0.3, height - size * 0.3])
+def _shape_polygon(rng, name: str, height: int, width: int, size: float | None = None,
+                   centre: np.ndarray | None = None) -> np.ndarray:
+    size = rng.uniform(0.25, 0.6) * min(height, width) if size is None else size
+    if centre is None:
+        centre = rng.uniform([size * 0.3, size * 0.3], [width - size * 0.3, height - size * 0.3])
     angle = rng.uniform(0, 2 * np.pi)
     if name == "circle":
         theta = np.linspace(0, 2 * np.pi, 32, endpoint=False)

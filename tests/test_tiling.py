@@ -1,0 +1,78 @@
+"""Tiled inference's geometry and merging on hand-made detections whose answer is known:
+windows cover the picture, and a shape cut by a tile border is found once, not twice."""
+
+import numpy as np
+import pytest
+
+from d2nb.errors import D2nbError
+from d2nb.images import LoadedImage
+from d2nb.predict import Labels, Prediction
+from d2nb.tiling import group_detections, merge_parts, tile_windows, union_of_crops
+
+LABELS = Labels(["circle", "square"], [1, 2])
+
+
+def part(boxes, scores, classes, size=(100, 100), masks=True):
+    """A tile's prediction: ``masks`` fill each box (in tile pixels)."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    crops = [(int(x0), int(y0), np.ones((int(y1 - y0), int(x1 - x0)), bool)) for x0, y0, x1, y1 in boxes]
+    return Prediction("tile", np.zeros((*size, 3), np.uint8), boxes, np.asarray(scores, np.float32),
+                      np.asarray(classes, np.int64), LABELS, crops if masks else None)
+
+
+def test_windows_cover_the_picture_with_the_overlap_and_end_flush_with_its_edges():
+    windows = tile_windows(300, 500, 200, 0.25)
+    assert sorted({w[0] for w in windows}) == [0, 150, 300] and sorted({w[1] for w in windows}) == [0, 100]
+    assert all(x1 - x0 == 200 and y1 - y0 == 200 for x0, y0, x1, y1 in windows)
+    covered = np.zeros((300, 500), int)
+    for x0, y0, x1, y1 in windows:
+        covered[y0:y1, x0:x1] += 1
+    assert covered.min() == 1
+    assert tile_windows(300, 500, 300, 0.0)[-1] == (200, 0, 500, 300)  # as tall as the picture: one row
+
+
+def test_a_shape_cut_by_a_tile_border_is_found_once_with_its_whole_box_and_mask():
+    picture = LoadedImage("board.png", "array", np.zeros((100, 200, 3), np.uint8))
+    # tiles of 100 px at x = 0, 50, 100 (overlap 0.5); a circle at x 40-80 lies whole in the first tile
+    # and is cut by the second tile's left border; a square at x 140-190 is whole in the third only,
+    # cut in the second; a square beside the circle overlaps it but is another class.
+    parts = [
+        (part([[40, 10, 80, 50], [85, 20, 100, 40]], [0.9, 0.4], [0, 1]), 0, 0),
+        (part([[0, 10, 30, 50], [90, 60, 100, 90], [35, 20, 50, 40]], [0.8, 0.7, 0.6], [0, 1, 1]), 50, 0),
+        (part([[40, 60, 90, 90]], [0.95], [1]), 100, 0),
+    ]
+    merged = merge_parts(picture, parts)
+    order = np.argsort(-merged.scores)
+    assert merged.boxes[order].tolist() == [[140, 60, 190, 90], [40, 10, 80, 50], [85, 20, 100, 40]]
+    assert merged.classes[order].tolist() == [1, 0, 1]
+    assert merged.scores[order] == pytest.approx([0.95, 0.9, 0.6])  # the best score of each group
+    assert merged.image is picture.image and merged.name == "board.png"
+    square = merged.full_mask(int(order[0]))
+    assert square.sum() == 50 * 30 and square[60:90, 140:190].all()
+
+    nms = merge_parts(picture, parts, merge="nms")
+    assert len(nms) == 3 and sorted(nms.scores.tolist()) == pytest.approx([0.6, 0.9, 0.95])
+
+
+def test_iou_matching_keeps_a_sliver_that_ios_would_merge():
+    boxes = np.array([[0, 0, 40, 40], [30, 0, 40, 40]], np.float32)  # the second is a quarter of the first
+    scores, classes = np.array([0.9, 0.8]), np.array([0, 0])
+    assert group_detections(boxes, scores, classes, 0.5, "ios") == [[0, 1]]
+    assert group_detections(boxes, scores, classes, 0.5, "iou") == [[0], [1]]
+
+
+def test_union_of_crops():
+    x, y, crop = union_of_crops([(2, 3, np.ones((2, 2), bool)), (5, 3, np.ones((1, 1), bool))])
+    assert (x, y, crop.shape, int(crop.sum())) == (2, 3, (2, 4), 5)
+
+
+@pytest.mark.parametrize("tile, overlap, message", [
+    (1024, 0.25, r"tile=1024 is larger than the picture \(500 x 300 px\)"),
+    (200, 1.0, r"tile_overlap=1.0 is outside \[0, 1\)"),
+    (200, -0.1, r"tile_overlap=-0.1 is outside \[0, 1\)"),
+    ("big", 0.25, r"tile='big' is not a tile size in pixels"),
+])
+def test_bad_tiles_are_named_with_the_fix(tile, overlap, message):
+    with pytest.raises(D2nbError, match=message) as error:
+        tile_windows(300, 500, tile, overlap)
+    assert "tile" in error.value.fix
