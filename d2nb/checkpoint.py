@@ -5,7 +5,10 @@ detectron2 writes ``model_XXXXXXX.pth`` in place and then ``last_checkpoint``; a
 killed in between (a Colab session reclaimed, a SIGKILL) leaves ``last_checkpoint`` naming
 a truncated file that ``resume=True`` then fails on. Here both files are written under a
 temporary name and renamed, which POSIX makes atomic; a full disk ends the run with a
-message naming the last complete checkpoint, which stays as it was.
+message naming the last complete checkpoint, which stays as it was. On Google Drive (a slow,
+eventually consistent mount, see ``d2nb.colab``) a file is first written whole to the local
+disk, then copied into the destination folder under its temporary name, checked for size and
+renamed: the mount never holds a half-written file under a checkpoint's name.
 
 Loading: ``.pth`` files are read with ``torch.load(weights_only=True)`` (tensors and plain
 containers only). detectron2's ``.pkl`` files are Python pickles, which can run any code
@@ -27,6 +30,7 @@ from pathlib import Path
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from d2nb import colab
 from d2nb.errors import D2nbError
 
 logger = logging.getLogger("d2nb.checkpoint")
@@ -55,6 +59,9 @@ def is_model_zoo_source(weights) -> bool:
 
 def _atomic_write(path: str, write) -> None:
     folder = os.path.dirname(path) or "."
+    if colab.on_drive(folder):
+        _staged_write(path, write)
+        return
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=_TEMPORARY_SUFFIX, dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -67,6 +74,32 @@ def _atomic_write(path: str, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _staged_write(path: str, write) -> None:
+    """Write into a local temporary file, copy it into ``path``'s folder under a temporary
+    name, check that the copy is whole, then rename it to ``path``."""
+    folder = os.path.dirname(path) or "."
+    with tempfile.TemporaryFile(prefix="d2nb-checkpoint-") as local:  # the local disk: fast, and seen at once
+        write(local)
+        local.flush()
+        size = local.tell()
+        local.seek(0)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=_TEMPORARY_SUFFIX, dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                shutil.copyfileobj(local, f, length=16 * 2**20)
+                f.flush()
+                os.fsync(f.fileno())
+                copied = os.fstat(f.fileno()).st_size
+            if copied != size:
+                raise OSError(errno.EIO, f"{copied} of {size} bytes reached {folder}")
+            os.chmod(tmp, 0o666 & ~_UMASK)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
 
 def remove_partial_checkpoints(folder) -> list:

@@ -17,6 +17,7 @@ from pathlib import Path
 from d2nb.errors import D2nbError
 
 DRIVE_MOUNT_POINT = Path("/content/drive")
+LOCAL_DATASETS = Path("/content/datasets")  # the runtime's own disk: pictures read fast, gone with the runtime
 
 
 class ColabHooks:

@@ -60,6 +60,20 @@ def positive_number(name: str, value):
     return float(number)
 
 
+def non_negative_number(name: str, value, example: float = 10):
+    """``value`` as a float >= 0 (0 usually means "off"); numeric text accepted."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            number = value
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) or number < 0:
+        raise D2nbError(f"{name} must be a number of at least 0, got {value!r}",
+                        f"pass e.g. {name}={example:g} ('-p {name} {example:g}' to papermill), or {name}=0 for none")
+    return float(number)
+
+
 def flag(name: str, value) -> bool:
     """``value`` as a bool; ``"true"``/``"false"``, ``"yes"``/``"no"``, 1/0 accepted."""
     if isinstance(value, bool):

@@ -153,7 +153,8 @@ def test_running_the_training_cells_again_registers_and_hooks_nothing_twice(tmp_
 
     def notebook_cells(output_dir):  # the training notebook's cells, in one kernel
         build_config(tiny_settings(output_dir))
-        train(tiny_settings(output_dir, max_iter=2, checkpoint_period=100), extra_hooks=[CountHooks()])
+        # resume=False: each run trains (resume="auto" would find the first run finished and only evaluate it)
+        train(tiny_settings(output_dir, max_iter=2, checkpoint_period=100, resume=False), extra_hooks=[CountHooks()])
 
     notebook_cells(first_dir)
     names = DatasetCatalog.list()

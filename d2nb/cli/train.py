@@ -1,10 +1,14 @@
 """``d2nb train``: tools/train_net.py's flags, running the training notebook's code.
 
-    d2nb train --config-file CONFIG --num-gpus 1 [--resume] [--eval-only] [KEY VALUE ...]
+    d2nb train --config-file CONFIG --num-gpus 1 [--resume | --no-resume] [--eval-only] [KEY VALUE ...]
 
 It takes tools/train_net.py's flags; trailing ``KEY VALUE`` pairs are config
 options applied last (``MODEL.WEIGHTS``, ``OUTPUT_DIR``, ``SOLVER.IMS_PER_BATCH`` ...).
 It also takes the notebook's parameters as ``--dataset``, ``--output-dir``, ``--max-iter``...
+
+Without ``--resume`` or ``--no-resume``, a run continues output_dir's last_checkpoint when
+that is of the same config and dataset (the notebook's ``resume="auto"``), stops saying what
+differs when it is not, and starts afresh when there is none.
 """
 
 from __future__ import annotations
@@ -21,21 +25,24 @@ _TRAIN_NET_FLAGS = {"config_file": "config", "num_gpus": "gpus"}
 def add_parser(sub) -> argparse.ArgumentParser:
     from d2nb.train import TrainSettings
 
+    defaults = TrainSettings()
     p = sub.add_parser("train", help="train (or --eval-only) like tools/train_net.py",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", default=None, metavar="FILE",
                    help="model-zoo name, d2nb recipe or yaml path (default: CPU recipe on CPU, "
                         "mask_rcnn_R_50_FPN_3x on GPU)")
     p.add_argument("--num-gpus", type=int, default=None, help="GPUs per machine (default: all; 0 = CPU)")
-    p.add_argument("--resume", action="store_true", help="continue from output_dir's last_checkpoint")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=defaults.resume,
+                   help="--resume: continue from output_dir's last_checkpoint whatever the config (train_net.py's "
+                        "--resume); --no-resume: start again; neither: continue it when it is of the same config "
+                        "and dataset (resume='auto')")
     p.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS (or --weights) only")
     p.add_argument("--num-machines", type=int, default=1)
     p.add_argument("--machine-rank", type=int, default=0)
     p.add_argument("--dist-url", default="auto")
-    defaults = TrainSettings()
     for name, kind in (("dataset", str), ("val_dataset", str), ("image_root", str), ("output_dir", str),
                        ("weights", str), ("max_iter", int), ("ims_per_batch", int), ("base_lr", float),
-                       ("eval_period", int), ("checkpoint_period", int), ("seed", int),
+                       ("eval_period", int), ("checkpoint_period", int), ("checkpoint_minutes", float), ("seed", int),
                        ("num_workers", int), ("cpu_processes", int)):
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(defaults, name))
     p.add_argument("--amp", action="store_true", help="mixed precision (GPU)")

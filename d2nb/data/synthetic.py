@@ -20,6 +20,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_util
 
+from d2nb import colab
+
 CLASS_NAMES = ("circle", "triangle", "square", "star")
 # Each class has its own hue family (OpenCV hue, 0-180): shape and colour both tell the class,
 # which lets a small model trained from scratch on two CPU cores learn it in minutes.
@@ -64,8 +66,11 @@ class LargeSpec:
 
 
 def default_datasets_root() -> Path:
-    """``$DETECTRON2_DATASETS`` (detectron2's own variable), else ``./datasets``."""
-    return Path(os.environ.get("DETECTRON2_DATASETS", "datasets")).expanduser()
+    """``$DETECTRON2_DATASETS`` (detectron2's own variable), else ``./datasets``; in Colab with
+    the working folder on Google Drive, ``/content/datasets``: datasets stay on the local disk."""
+    if os.environ.get("DETECTRON2_DATASETS"):
+        return Path(os.environ["DETECTRON2_DATASETS"]).expanduser()
+    return colab.LOCAL_DATASETS if colab.on_drive("datasets") else Path("datasets")
 
 
 def make_synthetic_dataset(spec: SyntheticSpec = SyntheticSpec(), root=None) -> dict:

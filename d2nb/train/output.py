@@ -1,5 +1,9 @@
-"""The run's output folder: checked writable before anything runs, ``log.txt`` set up, and
-``class_names.json`` written beside ``config.yaml``.
+"""The run's output folder: Google Drive mounted when it lies there, checked writable before
+anything runs, ``log.txt`` set up, and ``class_names.json`` written beside ``config.yaml``.
+
+In Colab, ``output_dir="/content/drive/MyDrive/runs/shapes"`` keeps a run across runtimes:
+Drive is mounted (``d2nb.colab``) before anything is read or written there. The datasets stay
+on the runtime's local disk (``$DETECTRON2_DATASETS``), where reading pictures is fast.
 """
 
 from __future__ import annotations
@@ -10,8 +14,19 @@ import os
 import sys
 from pathlib import Path
 
-from d2nb import zoo
+from d2nb import colab, zoo
 from d2nb.errors import D2nbError
+
+
+def mount_drive_for(output_dir) -> None:
+    """Mount Google Drive when ``output_dir`` lies under ``/content/drive`` and it is not mounted
+    yet; ``D2nbError`` outside Colab, where no Drive can be mounted."""
+    if not colab.on_drive(output_dir):
+        return
+    if not colab.in_colab():
+        raise D2nbError(f"output_dir {str(output_dir)!r} is on Google Drive, which can only be mounted in Colab, "
+                        "and this kernel is not Colab's", "pass an output_dir on this machine, e.g. output_dir='runs/train'")
+    colab.mount_drive()
 
 
 def prepare_output_dir(output_dir) -> None:

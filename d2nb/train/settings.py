@@ -26,13 +26,14 @@ from dataclasses import dataclass, field, fields, replace
 from d2nb.data import SyntheticSpec
 from d2nb.devices import resolve_gpus
 from d2nb.errors import D2nbError
-from d2nb.parameters import config_options, flag, positive_number, whole_number
+from d2nb.parameters import config_options, flag, non_negative_number, positive_number, whole_number
+from d2nb.train.resume import resume_choice
 
 # TrainSettings fields by kind: (name, smallest value allowed)
 WHOLE_NUMBERS = (("max_iter", 1), ("ims_per_batch", 1), ("checkpoint_period", 1), ("eval_period", 0),
                  ("num_workers", 0), ("cpu_processes", 1), ("num_machines", 1), ("machine_rank", 0),
                  ("seed", -(2**31)))
-FLAGS = ("resume", "amp", "fast", "monitor", "keep_placeholder")
+FLAGS = ("amp", "fast", "monitor", "keep_placeholder")
 PATHS = ("output_dir",)
 
 
@@ -52,6 +53,11 @@ class TrainSettings:
       1000 iterations and 2 images per GPU (a fine-tuning schedule, not COCO's 90k).
     - ``base_lr``: ``None`` = 0.02 x ims_per_batch / 16, the linear scaling rule (for the
       AdamW CPU recipe, its own reference lr scaled by the same rule; see ``default_base_lr``).
+    - ``resume``: ``"auto"`` continues ``output_dir``'s ``last_checkpoint`` when it is of the
+      same config and dataset (else a ``D2nbError`` says what differs), ``True`` continues it
+      whatever the config, ``False`` starts again (see ``d2nb.train.resume``).
+    - ``checkpoint_minutes``: also save a checkpoint every N minutes (0: only every
+      ``checkpoint_period`` iterations), so a disconnect loses at most N minutes.
     - ``amp``: mixed precision; ``fast``: GPU speed-ups that keep the loss curve (AMP, TF32,
       more data-loading workers; see ``apply_fast_mode``).
     - ``opts``: ``["KEY", "VALUE", ...]`` as train_net.py takes them; applied last, so they win.
@@ -68,11 +74,12 @@ class TrainSettings:
     max_iter: int | None = None
     ims_per_batch: int | None = None
     base_lr: float | None = None
-    resume: bool = False
+    resume: bool | str = "auto"
     amp: bool = False
     fast: bool = False
     eval_period: int = 0
     checkpoint_period: int | None = None
+    checkpoint_minutes: float = 10
     seed: int = 0
     num_workers: int | None = None
     cpu_processes: int = 1
@@ -105,9 +112,10 @@ class TrainSettings:
 @dataclass
 class CheckedSettings(TrainSettings):
     """``TrainSettings`` as ``check_settings`` returns them: each whole number an ``int``, each
-    flag a ``bool``, ``base_lr`` a ``float`` or ``None``, ``opts`` a list of strings, and
-    ``gpus`` the number of GPUs the run uses (0: the CPU). ``build_config``, ``train`` and the
-    launched processes take them without checking again; make them with ``check_settings``."""
+    flag a ``bool``, ``resume`` ``True``, ``False`` or ``"auto"``, ``base_lr`` a ``float`` or
+    ``None``, ``opts`` a list of strings, and ``gpus`` the number of GPUs the run uses (0: the
+    CPU). ``build_config``, ``train`` and the launched processes take them without checking
+    again; make them with ``check_settings``."""
 
     gpus: int = 0
 
@@ -121,6 +129,8 @@ def check_settings(settings: TrainSettings) -> CheckedSettings:
     changes = {name: whole_number(name, getattr(settings, name), minimum) for name, minimum in WHOLE_NUMBERS}
     changes.update({name: flag(name, getattr(settings, name)) for name in FLAGS})
     changes["base_lr"] = positive_number("base_lr", settings.base_lr)
+    changes["resume"] = resume_choice(settings.resume)
+    changes["checkpoint_minutes"] = non_negative_number("checkpoint_minutes", settings.checkpoint_minutes)
     changes["opts"] = config_options(settings.opts)
     for name in PATHS:
         value = getattr(settings, name)

@@ -23,6 +23,7 @@ from detectron2.evaluation import COCOEvaluator
 from d2nb.checkpoint import AtomicCheckpointer
 from d2nb.faults import diverged, is_out_of_memory, out_of_memory
 from d2nb.modeling import register as register_model_parts
+from d2nb.train.checkpoints import TimedCheckpointer
 from d2nb.train.config import optimizer_name
 from d2nb.train.fast import clip_per_parameter_foreach, enable_tf32
 from d2nb.train.interrupt import save_after_interrupt, save_after_out_of_memory
@@ -103,6 +104,8 @@ def train_in_process(cfg, settings: CheckedSettings, extra_hooks: list, rank: in
             Path(cfg.OUTPUT_DIR, "metrics.json").unlink(missing_ok=True)
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
     enable_tf32(cfg)
+    if settings.checkpoint_minutes and comm.is_main_process():  # a disconnect loses at most that much
+        extra_hooks = [TimedCheckpointer(settings.checkpoint_minutes)] + extra_hooks
     monitor = None
     if settings.monitor and comm.is_main_process():
         monitor = LiveMonitor(os.path.join(cfg.OUTPUT_DIR, "training_curves.png"),
