@@ -4,7 +4,8 @@ JupyterLab serves copies of the notebooks from a temporary folder (127.0.0.1, a 
 token); Playwright drives the Debian ``chromium`` (Playwright's own browser download is not
 used). ``01_inference`` runs on a tiny model trained here, and its threshold slider must
 redraw the picture; ``03_train`` runs a short training whose live monitor must update in
-place. No widget may stay at "Loading widget..." and no cell may show an error. Screenshots
+place, below the first cell's set-up block. No widget may stay at "Loading widget..." and no cell
+may show an error. Screenshots
 land in the test's tmp_path, and in ``$D2NB_SCREENSHOTS`` when that is set.
 
 Skipped only in the inner run of tests/test_fresh_install.py (``D2NB_INNER_RUN=1``), as
@@ -353,5 +354,22 @@ def test_train_notebook_live_monitor_updates_in_place(page, jupyter, screenshots
     assert plots.count() >= 1, "the monitor's plot is not shown"
     plots.first.scroll_into_view_if_needed()
     screenshots.take(page, "03_train_finished")
+    assert_status_block_shown(page, screenshots)
     assert_widgets_rendered(page)
     assert_no_errors(page)
+
+
+def assert_status_block_shown(page, screenshots):
+    """The first cell's set-up block (``d2nb.install``'s ``SetupStatus``), as the page shows it."""
+    block = page.locator(".jp-OutputArea-output pre", has_text="d2nb set-up in").first
+    block.scroll_into_view_if_needed()
+    block.wait_for(state="visible")
+    lines = block.inner_text().splitlines()
+    assert lines[0].startswith("d2nb set-up in ") and lines[1].startswith("  detectron2  "), lines
+    assert ", already installed (" in lines[1] and lines[2].startswith("  GPU         "), lines
+    assert lines[3] == "  Drive       not mounted (not Colab)", lines
+    box = block.bounding_box()
+    viewport = page.viewport_size
+    assert box and box["height"] > 0 and 0 <= box["y"] and box["y"] + box["height"] <= viewport["height"], \
+        f"the status block is not in the screenshot: {box}"
+    screenshots.take(page, "03_train_set_up")

@@ -8,7 +8,7 @@ thinking about it:
   run wrote when it started): training continues from it, and one line says from where;
   ``max_iter`` may grow (the LR steps move with it), and that is said too;
 - a checkpoint of another config or dataset: ``D2nbError`` naming what differs
-  (``SOLVER.BASE_LR 0.0004 -> 0.5``) and offering ``resume=False`` with a new ``output_dir``.
+  (``SOLVER.BASE_LR 0.001 -> 0.5``) and offering ``resume=False`` with a new ``output_dir``.
 
 ``resume=True`` is detectron2's ``--resume``: continue from ``last_checkpoint`` whatever the
 config (the differences are logged); ``resume=False`` starts again from the weights.
