@@ -11,15 +11,20 @@ One module per step, in the order a run goes through them:
 - ``config``: ``build_config``, the detectron2 config built from them, and ``describe``;
 - ``fast``: fast mode's speed-ups (AMP, TF32, bitmask targets, batched gradient clipping);
 - ``run``: ``train`` and ``evaluate_only``, as tools/train_net.py's ``main``;
+- ``resume``: whether a run continues what ``output_dir`` holds (``resume="auto"``);
 - ``trainer``: the ``Trainer`` and one process's training, with its hooks: ``monitor`` (the
-  live view), ``interrupt`` (what a stopped run keeps), ``roi_align`` (ROIAlign for the CPU);
+  live view), ``interrupt`` (what a stopped run keeps), ``checkpoints`` (a checkpoint every
+  ``checkpoint_minutes``), ``roi_align`` (ROIAlign for the CPU);
 - ``launch``: several processes through detectron2's ``launch``;
-- ``output``: the output folder checked, ``log.txt``, ``class_names.json``;
+- ``output``: the output folder (Drive mounted when it is there) checked, ``log.txt``,
+  ``class_names.json``;
 - ``result``: ``TrainResult`` and ``format_metrics``.
 
 What a run leaves in ``output_dir`` is what ``tools/train_net.py`` leaves: config.yaml,
 log.txt, metrics.json, events.out.tfevents.*, model_XXXXXXX.pth, model_final.pth,
-last_checkpoint, inference/coco_instances_results.json, plus training_curves.png.
+last_checkpoint, inference/coco_instances_results.json, plus training_curves.png,
+d2nb_dataset.json (what ``resume="auto"`` compares) and, while training, the newest
+time-based model_XXXXXXX_timed.pth.
 """
 
 from d2nb.train.config import (
