@@ -96,6 +96,8 @@ def _staged_write(path: str, write) -> None:
                 raise OSError(errno.EIO, f"{copied} of {size} bytes reached {folder}")
             os.chmod(tmp, 0o666 & ~_UMASK)
             os.replace(tmp, path)
+            if os.path.getsize(path) != size:  # what the mount shows now is what last_checkpoint will name
+                raise OSError(errno.EIO, f"{path} shows {os.path.getsize(path)} of {size} bytes after renaming")
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)

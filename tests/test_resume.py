@@ -296,3 +296,13 @@ def test_checkpoints_reach_drive_written_locally_copied_under_a_temporary_name_t
     assert "the last complete checkpoint, model_0000004_timed.pth, is intact" in error.value.problem
     assert (folder / "last_checkpoint").read_text() == "model_0000004_timed.pth"
     assert sorted(p.name for p in folder.iterdir()) == ["last_checkpoint", "model_0000004_timed.pth"]
+
+
+def test_a_last_checkpoint_naming_a_missing_file_is_said_before_anything_runs(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last_checkpoint").write_text("model_0000099.pth")
+    with unchanged(run), pytest.raises(D2nbError) as error:
+        train(tiny_settings(run))
+    assert_message(error.value, [f"{str(run / 'last_checkpoint')!r} names 'model_0000099.pth', which is not in"],
+                   ["pass resume=False with a new output_dir", "or write the name of a model_*.pth file"])

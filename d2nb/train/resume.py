@@ -20,7 +20,6 @@ A run that already reached its ``max_iter`` is not trained again: ``train`` eval
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 from dataclasses import dataclass
@@ -29,8 +28,6 @@ from pathlib import Path
 from d2nb import zoo
 from d2nb.errors import D2nbError
 from d2nb.parameters import flag
-
-logger = logging.getLogger("d2nb.train")
 
 AUTO = "auto"
 # Keys that may differ between the runs of one output_dir without changing what is trained:
@@ -94,7 +91,7 @@ def decide_resume(cfg, choice) -> ResumeDecision:
     differences = config_differences(saved, current) if saved is not None else []
     differences += dataset_differences(folder, cfg)
     grows = max_iter > saved_max_iter
-    if choice == AUTO and saved is not None:
+    if choice == AUTO:
         allowed = SCHEDULE_KEYS + ("SOLVER.MAX_ITER",) if grows else ()
         blocking = [d for d in differences if d[0] not in allowed]
         if blocking:
@@ -181,7 +178,8 @@ def config_differences(saved: dict, current: dict) -> list:
 
 def dataset_identity(cfg) -> dict:
     """What names the training split: its registered name, classes, and annotation file with
-    its size (a moved copy of the same file is the same dataset; a regenerated one is not)."""
+    its size (a copy of the same file elsewhere is the same dataset; one whose annotations
+    changed is not, and its size all but always says so)."""
     from detectron2.data import MetadataCatalog
 
     meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
