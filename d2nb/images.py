@@ -31,6 +31,7 @@ from d2nb.errors import D2nbError
 SAMPLES_DIR = Path(__file__).parent / "assets" / "samples"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 MAX_SIDE = 4096  # longer sides are scaled down on loading: models test at 800-1333 px anyway
+TILED_MAX_SIDE = 32768  # tiled inference sees the picture at its own size: scale down only beyond this
 MAX_PIXELS = 300_000_000  # beyond this a picture would not fit in memory as RGB; refused
 URL_TIMEOUT_S = 30
 
@@ -98,6 +99,13 @@ def expand_inputs(inputs) -> list:
                             "check the spelling and the folder; pass e.g. 'photo.jpg', 'photos/', 'photos/*.jpg', "
                             "'https://.../photo.jpg' or 'samples'")
     return sources
+
+
+def max_side_for(tile=None) -> int:
+    """The ``max_side`` to load pictures with: ``MAX_SIDE`` for whole-picture inference, which
+    shrinks pictures to the model's size anyway; ``TILED_MAX_SIDE`` when tiles (``tile``) are to
+    see the small objects at the picture's own resolution."""
+    return TILED_MAX_SIDE if tile not in (None, "", 0) else MAX_SIDE
 
 
 def load_images(inputs, max_side: int = MAX_SIDE) -> list:

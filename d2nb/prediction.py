@@ -55,8 +55,9 @@ class Prediction:
 
     def kept(self, score_threshold: float = DEFAULT_SCORE_THRESHOLD, classes=None) -> np.ndarray:
         """Indices of instances scoring at least ``score_threshold`` whose class name is in
-        ``classes`` (``None``: every class), highest score first."""
-        keep = self.scores >= score_threshold
+        ``classes`` (``None``: every class), highest score first. ``score_threshold`` may also
+        be per class: a ``d2nb.thresholds.Thresholds`` (what 04's thresholds.json holds)."""
+        keep = self.scores >= instance_thresholds(score_threshold, self.labels.class_names, self.classes)
         if classes is not None:
             wanted = {c for c in classes}
             keep &= np.array([self.labels.class_names[c] in wanted for c in self.classes], dtype=bool)
@@ -74,3 +75,14 @@ class Prediction:
         x0, y0, crop = self.masks[index]
         mask[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
         return mask
+
+
+def instance_thresholds(score_threshold, class_names, classes):
+    """The threshold each instance must reach: one number for all, or, for an object with
+    ``score_threshold`` and ``per_class`` (``d2nb.thresholds.Thresholds``), its class's own."""
+    per_class = getattr(score_threshold, "per_class", None)
+    if per_class is None:
+        return float(score_threshold)
+    base = float(score_threshold.score_threshold)
+    by_index = np.array([float(per_class.get(name, base)) for name in class_names] + [base])
+    return by_index[np.minimum(np.asarray(classes, int), len(class_names))] if len(classes) else base

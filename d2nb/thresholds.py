@@ -324,6 +324,31 @@ class Thresholds:
     def lowest(self) -> float:
         return min([self.score_threshold, *self.per_class.values()])
 
+    def with_score_threshold(self, score_threshold: float) -> "Thresholds":
+        """The same per-class thresholds, ``score_threshold`` for the other classes."""
+        return Thresholds(float(score_threshold), dict(self.per_class), self.path)
+
+    def __str__(self) -> str:
+        own = ", ".join(f"{name} {t:.2f}" for name, t in self.per_class.items())
+        return f"{self.score_threshold:.2f}" + (f" ({own}; from {self.path})" if own else f" (from {self.path})")
+
+
+def default_thresholds(confidence_threshold=None, thresholds=None):
+    """What 01_inference and ``d2nb demo`` apply: ``confidence_threshold`` when given, else the
+    ``thresholds.json`` of ``thresholds`` (an evaluation's output_dir or the file), else 0.5.
+    With both, the file's per-class thresholds stay and ``confidence_threshold`` is the others'.
+    ``D2nbError`` when ``thresholds`` names a folder without the file."""
+    from d2nb.prediction import DEFAULT_SCORE_THRESHOLD
+
+    if thresholds in (None, ""):
+        return DEFAULT_SCORE_THRESHOLD if confidence_threshold is None else _check_threshold(confidence_threshold)
+    read = read_thresholds(thresholds)
+    if read is None:
+        raise D2nbError(f"thresholds={str(thresholds)!r} holds no {THRESHOLDS_FILE}",
+                        "pass the output_dir of an evaluation whose threshold explorer wrote it "
+                        "(04_evaluate with save_thresholds='best_f1', or its button), or thresholds=None")
+    return read if confidence_threshold is None else read.with_score_threshold(_check_threshold(confidence_threshold))
+
 
 def read_thresholds(folder_or_file) -> Thresholds | None:
     """The thresholds an evaluation wrote, from its output_dir or the json itself; ``None``

@@ -1,5 +1,7 @@
-"""Tiled inference's geometry and merging on hand-made detections whose answer is known:
-windows cover the picture, and a shape cut by a tile border is found once, not twice."""
+"""Tiled inference's geometry and merging on hand-made detections whose answer is known
+(windows cover the picture; a shape cut by a tile border is found once, not twice), and, with
+the checkpoint the suite trains, the small shapes of large pictures that tiling finds and
+whole-picture inference loses; test-time augmentation in the predictor."""
 
 import numpy as np
 import pytest
@@ -7,7 +9,7 @@ import pytest
 from d2nb.errors import D2nbError
 from d2nb.images import LoadedImage
 from d2nb.predict import Labels, Prediction
-from d2nb.tiling import group_detections, merge_parts, tile_windows, union_of_crops
+from d2nb.predict.tiling import group_detections, merge_parts, tile_windows, union_of_crops
 
 LABELS = Labels(["circle", "square"], [1, 2])
 
@@ -76,3 +78,54 @@ def test_bad_tiles_are_named_with_the_fix(tile, overlap, message):
     with pytest.raises(D2nbError, match=message) as error:
         tile_windows(300, 500, tile, overlap)
     assert "tile" in error.value.fix
+
+
+def recall_at(predictions, gt, threshold=0.5) -> float:
+    from d2nb import analysis
+
+    results = []
+    for prediction, image in zip(predictions, sorted(gt["images"], key=lambda i: i["file_name"])):
+        for k in prediction.kept(threshold):
+            x0, y0, x1, y1 = (float(v) for v in prediction.boxes[k])
+            results.append({"image_id": image["id"], "category_id": int(prediction.classes[k]) + 1,
+                            "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(prediction.scores[k])})
+    matches = analysis.match_detections(gt, results, score_threshold=threshold)
+    return sum(int(m.found.sum()) for m in matches) / sum(len(m.gt_classes) for m in matches)
+
+
+@pytest.fixture(scope="module")
+def predictor(trained_run):
+    from d2nb.predict import Predictor
+
+    return Predictor(str(trained_run["output_dir"]), device="cpu")
+
+
+def test_tiles_find_the_small_shapes_of_a_large_picture_that_the_whole_picture_loses(predictor, tmp_path):
+    import json
+
+    from d2nb.data.synthetic import LargeSpec, make_large_dataset
+    from d2nb.images import load_images
+
+    json_file, image_dir = make_large_dataset(LargeSpec(num_images=1, size=512, shapes=40), tmp_path)
+    gt = json.loads(open(json_file).read())
+    assert len(gt["annotations"]) >= 30
+    pictures = load_images(image_dir)
+    whole = recall_at(predictor.predict(pictures, progress=False), gt)
+    tiled_predictions = predictor.predict(pictures, progress=False, tile=128, tile_overlap=0.35, batch_size=8)
+    tiled = recall_at(tiled_predictions, gt)
+    assert tiled >= whole + 0.2, (whole, tiled)  # measured: 0.0 -> about 0.5 (the shapes are 10-40 px)
+    assert tiled_predictions[0].image.shape == (512, 512, 3) and tiled_predictions[0].masks is not None
+
+
+def test_test_time_augmentation_in_the_predictor_gives_the_same_kind_of_predictions(trained_run):
+    from d2nb.images import load_images
+    from d2nb.predict import Predictor
+
+    tta = Predictor(str(trained_run["output_dir"]), device="cpu", tta=True)
+    assert "sizes [64, 80, 96, 112, 128, 144, 160, 176, 192] (max 640), and flipped" in tta.describe()
+    pictures = load_images("samples")[:2]
+    predictions = tta.predict(pictures, progress=False)
+    assert len(predictions) == 2
+    for prediction, picture in zip(predictions, pictures):
+        assert prediction.image is picture.image and prediction.masks is not None
+        assert len(prediction.masks) == len(prediction.scores) == len(prediction.boxes)

@@ -5,6 +5,7 @@
     d2nb demo --config-file runs/train/config.yaml --input img.png --output out.png \\
         --opts MODEL.WEIGHTS runs/train/model_final.pth
     d2nb demo --config-file runs/train --video-input clip.mp4 --output runs/inference
+    d2nb demo --config-file runs/train --input slide.tif --tile 512 --tile-overlap 0.25 --thresholds runs/evaluate
 
 ``--config-file`` takes what the notebook's ``config`` takes (a model-zoo name, a training
 output folder, a yaml path); ``MODEL.WEIGHTS`` in ``--opts`` (or ``--weights``) chooses the
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 
 from d2nb.prediction import DEFAULT_SCORE_THRESHOLD
+from d2nb.predict.tiling import DEFAULT_OVERLAP
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -30,7 +32,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--input", nargs="+", help="pictures: paths, folders, 'dir/*.jpg' globs, URLs or 'samples'")
     p.add_argument("--output", help="a file or folder for the drawn pictures (or video) and predictions.json")
     p.add_argument("--confidence-threshold", type=float, default=DEFAULT_SCORE_THRESHOLD,
-                   help="minimum score for instance predictions to be shown")
+                   help="minimum score for instance predictions to be shown; with --thresholds, a value "
+                        "other than the default replaces the file's threshold for classes without their own")
+    p.add_argument("--thresholds", default=None, metavar="DIR",
+                   help="an evaluation's output folder (or its thresholds.json, written by 04_evaluate or "
+                        "d2nb evaluate --save-thresholds): its per-class thresholds")
+    p.add_argument("--tile", type=int, default=None, metavar="SIZE",
+                   help="run large pictures as overlapping SIZE x SIZE tiles at full resolution, merged back")
+    p.add_argument("--tile-overlap", type=float, default=DEFAULT_OVERLAP, metavar="FRACTION",
+                   help=f"fraction of a tile its neighbour covers again (default {DEFAULT_OVERLAP})")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation (several sizes and a flip, merged)")
     p.add_argument("--weights", default=None, help="checkpoint path or URL (same as --opts MODEL.WEIGHTS ...)")
     p.add_argument("--device", default="auto", help="auto (CUDA if there is one), cpu, cuda, cuda:N")
     p.add_argument("--batch-size", type=int, default=4, help="pictures per forward pass")
@@ -57,19 +68,28 @@ def split_weights(opts, weights=None) -> tuple:
 
 def run(args) -> int:
     from d2nb.errors import D2nbError
-    from d2nb.images import load_images
+    from d2nb.images import load_images, max_side_for
     from d2nb.predict import Predictor, save_outputs
+    from d2nb.predict.tiling import check_tiling
+    from d2nb.thresholds import default_thresholds
     from d2nb.video import predict_camera, predict_video
 
     sources = [bool(args.input), bool(args.video_input), bool(args.webcam)]
     if sum(sources) != 1:
         raise D2nbError("pass exactly one of --input, --video-input and --webcam",
                         "e.g. d2nb demo --config-file CONFIG --input 'photos/*.jpg' --output out/")
-    images = load_images(args.input) if args.input else []  # a mistyped glob fails before the model loads
+    confidence = args.confidence_threshold
+    if args.thresholds and confidence == DEFAULT_SCORE_THRESHOLD:
+        confidence = None  # the file's
+    threshold = default_thresholds(confidence, args.thresholds)  # bad values fail before the model loads
+    if args.tile:
+        check_tiling(args.tile, args.tile_overlap)
+    images = load_images(args.input, max_side_for(args.tile)) if args.input else []  # a mistyped glob too
     weights, opts = split_weights(args.opts, args.weights)
-    predictor = Predictor(args.config_file, weights, device=args.device, amp=args.amp, opts=opts)
+    predictor = Predictor(args.config_file, weights, device=args.device, amp=args.amp, opts=opts, tta=args.tta)
     print(predictor.describe())
-    threshold = args.confidence_threshold
+    if threshold is not None and getattr(threshold, "per_class", None):
+        print(f"thresholds: {threshold}")
     if args.video_input or args.webcam:
         if not args.output:
             raise D2nbError("a video or camera needs --output (this command opens no window)",
@@ -81,7 +101,7 @@ def run(args) -> int:
     for image in images:
         if not image.ok:
             print(f"skipped: {image.error}")
-    predictions = predictor.predict(images, batch_size=args.batch_size)
+    predictions = predictor.predict(images, batch_size=args.batch_size, tile=args.tile, tile_overlap=args.tile_overlap)
     for prediction in predictions:
         counts = prediction.counts(threshold)
         found = ", ".join(f"{n} {name}" for name, n in counts.items()) or "nothing"

@@ -2,7 +2,8 @@
 labels its outputs mean (class names and the dataset ids they are saved under).
 
 Each builder returns ``(model in eval mode, resize transform, input colour order, training
-dataset name)``; the resize is the config's ``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST``.
+dataset name, config)``; the resize is the config's ``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST``; the
+config is the yaml ``CfgNode`` (``None`` for a LazyConfig), which test-time augmentation reads.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def build_yaml(choice, device: str, opts):
     if cfg.MODEL.WEIGHTS:
         AtomicCheckpointer(model).load(local_weights(cfg.MODEL.WEIGHTS), source=cfg.MODEL.WEIGHTS)
     resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
-    return model, resize, cfg.INPUT.FORMAT, cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None
+    return model, resize, cfg.INPUT.FORMAT, cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None, cfg
 
 
 def build_lazy(choice, device: str, opts):
@@ -66,7 +67,7 @@ def build_lazy(choice, device: str, opts):
     resize = next((a for a in instantiate(mapper.augmentations) if isinstance(a, T.ResizeShortestEdge)),
                   T.ResizeShortestEdge([800, 800], 1333))
     names = cfg.dataloader.train.dataset.names
-    return model, resize, mapper.image_format, names if isinstance(names, str) else names[0]
+    return model, resize, mapper.image_format, names if isinstance(names, str) else names[0], None
 
 
 def model_num_classes(model) -> int | None:

@@ -21,6 +21,7 @@ from d2nb.predict.batching import as_loaded, image_key, progress_bar, resize_poo
 from d2nb.predict.model import build_lazy, build_yaml, class_labels, model_num_classes
 from d2nb.predict.postprocess import pastes_masks, scaled_keeping_mask_probs, to_predictions
 from d2nb.predict.precision import half_precision_backbone
+from d2nb.predict.tiling import DEFAULT_OVERLAP, predict_tiled
 
 SCORE_FLOOR = 0.05
 CACHE_SIZE = 512  # predictions kept per predictor
@@ -53,18 +54,25 @@ class Predictor:
     ``batches_in_flight`` (2 on a GPU, 1 on the CPU) is how many batches ``predict`` runs at once.
     ``opts`` are ``KEY VALUE`` config options (yaml configs)
     or ``key=value`` overrides (LazyConfig ``.py`` configs), as demo.py's ``--opts``.
+    ``tta`` runs every picture through detectron2's test-time augmentation (``d2nb.tta``:
+    several sizes and a flip, merged), R-CNN models of yaml configs only.
     Raises ``D2nbError`` for a config, weights file or URL it cannot load.
     """
 
     def __init__(self, config=None, weights=None, device="auto", amp: bool = False, opts=(),
-                 score_floor: float = SCORE_FLOOR, choice: zoo.ModelChoice | None = None):
+                 score_floor: float = SCORE_FLOOR, choice: zoo.ModelChoice | None = None, tta: bool = False):
         self.choice = choice or zoo.resolve_model(config, weights)
         self.device = resolve_device(device)
         self.amp = bool(amp) and self.device.startswith("cuda")
         if self.choice.config.endswith(".py"):
-            self.model, self.resize, self.input_format, dataset = build_lazy(self.choice, self.device, opts)
+            self.model, self.resize, self.input_format, dataset, cfg = build_lazy(self.choice, self.device, opts)
         else:
-            self.model, self.resize, self.input_format, dataset = build_yaml(self.choice, self.device, opts)
+            self.model, self.resize, self.input_format, dataset, cfg = build_yaml(self.choice, self.device, opts)
+        self._tta = _tta_model(cfg, self.model) if tta else None
+        if self._tta is not None:
+            from d2nb.tta import describe_tta
+
+            self._tta_text = describe_tta(cfg).split(": ", 1)[1]
         self.labels = class_labels(dataset, self.choice.class_names, model_num_classes(self.model))
         # AMP: the backbone in float16, the heads (boxes, scores) in float32; autocast only for
         # models without a detectron2 backbone (see d2nb.predict.precision)
@@ -93,22 +101,29 @@ class Predictor:
             f"{'classes':>10}: {len(names)}: {', '.join(names[:12])}" + (" ..." if len(names) > 12 else ""),
             f"{'device':>10}: {self.device}" + (" with AMP" if self.amp else ""),
             f"{'input':>10}: shortest side {self.resize.short_edge_length[0]}, longest at most {self.resize.max_size}",
-        ])
+        ] + ([f"{'tta':>10}: {self._tta_text}"] if self._tta is not None else []))
 
     def _weights_text(self) -> str:
         if self.choice.weights is None:
             return "the config's MODEL.WEIGHTS"
         return self.choice.weights or "none (random initialisation)"
 
-    def predict(self, images, batch_size: int = 4, progress: bool = True) -> list:
+    def predict(self, images, batch_size: int = 4, progress: bool = True, tile=None,
+                tile_overlap: float = DEFAULT_OVERLAP) -> list:
         """``Prediction`` for every picture that loaded (``LoadedImage`` with an error are
         skipped; plain RGB arrays are accepted too), running ``batch_size`` per forward pass.
+
+        ``tile`` (pixels): large pictures run as overlapping ``tile`` x ``tile`` windows at full
+        resolution plus the whole picture, merged back (``d2nb.predict.tiling``), neighbours
+        sharing ``tile_overlap`` of a tile.
 
         On a GPU two batches are in flight at once (``batches_in_flight``), each in its own
         thread and CUDA stream: while one waits for the GPU (detectron2's post-processing
         synchronises often), the other runs its Python. Pictures are resized ahead, in
         threads, as the batches need them.
         """
+        if tile not in (None, "", 0):
+            return predict_tiled(self, images, tile, tile_overlap, batch_size, progress)
         items = [as_loaded(image, i) for i, image in enumerate(images)]
         items = [item for item in items if item.ok]
         pool = resize_pool()
@@ -149,6 +164,8 @@ class Predictor:
         semantic outputs."""
         import torch
 
+        if self._tta is not None:
+            return self._forward_tta(images)
         with torch.inference_mode():
             ahead = [self._ahead.pop(id(image), None) for image in images]
             pixels = [job.result() if job else self._input_tensor(image) for job, image in zip(ahead, images)]
@@ -160,6 +177,19 @@ class Predictor:
                 raw = self.model.inference(inputs, do_postprocess=False)
                 return [{"instances": scaled_keeping_mask_probs(instances, item["height"], item["width"])}
                         for instances, item in zip(raw, inputs)]
+
+    def _forward_tta(self, images: list) -> list:
+        """Test-time augmentation: detectron2's wrapper resizes the original pictures itself
+        (every ``TEST.AUG.MIN_SIZES``), flips them, and merges; masks come back pasted."""
+        import torch
+
+        for image in images:
+            self._ahead.pop(id(image), None)
+        inputs = [{"image": torch.from_numpy(np.ascontiguousarray(
+                   image[:, :, ::-1] if self.input_format == "BGR" else image)).permute(2, 0, 1),
+                   "height": image.shape[0], "width": image.shape[1]} for image in images]
+        with torch.inference_mode():
+            return self._tta(inputs)
 
     def _input_tensor(self, image: np.ndarray):
         """The picture as the model takes it (HxWxC uint8 tensor, the config's colour order),
@@ -182,3 +212,11 @@ class Predictor:
         while len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
 
+
+def _tta_model(cfg, model):
+    from d2nb.tta import with_tta
+
+    if cfg is None:
+        raise D2nbError("test-time augmentation runs on yaml configs; this is a LazyConfig (.py)",
+                        "pass tta=False, or the model's yaml config")
+    return with_tta(cfg, model)

@@ -22,6 +22,8 @@ import time
 import numpy as np
 from detectron2.engine import HookBase
 
+from d2nb.train.validation import PREFIX as VALIDATION  # noqa: E402
+
 SMOOTHING_WINDOW = 20  # iterations, as detectron2's CommonMetricPrinter smooths
 
 
@@ -46,9 +48,10 @@ def format_seconds(seconds) -> str:
 class TrainingCurves:
     """Metric rows of one run and the figure and status line drawn from them."""
 
-    def __init__(self, max_iter: int, title: str = ""):
+    def __init__(self, max_iter: int, title: str = "", validation_terms: bool = False):
         self.max_iter = max_iter
         self.title = title
+        self.validation_terms = validation_terms  # each validation loss term too, not only the total
         self.rows = []
 
     def add(self, row: dict) -> None:
@@ -61,6 +64,13 @@ class TrainingCurves:
     def loss_keys(self) -> list:
         keys = {k for r in self.rows for k in r if k.startswith("loss") or k == "total_loss"}
         return sorted(keys, key=lambda k: (k != "total_loss", k))
+
+    def validation_keys(self) -> list:
+        """``validation/total_loss`` (and, with ``validation_terms``, each term) when logged."""
+        keys = {k for r in self.rows for k in r if k.startswith(VALIDATION)}
+        if not self.validation_terms:
+            keys &= {VALIDATION + "total_loss"}
+        return sorted(keys, key=lambda k: (k != VALIDATION + "total_loss", k))
 
     def status(self) -> dict:
         """The latest iteration, smoothed total loss, lr, s/iter, ETA (s) and max memory (MB)."""
@@ -88,6 +98,9 @@ class TrainingCurves:
         parts = [f"iter {s['iteration'] + 1}/{self.max_iter}"]
         if s["total_loss"] is not None:
             parts.append(f"total_loss {s['total_loss']:.3f}")
+        validation = self.series(VALIDATION + "total_loss")
+        if len(validation):
+            parts.append(f"val {validation[-1, 1]:.3f}")
         if s["lr"] is not None:
             parts.append(f"lr {s['lr']:.2g}")
         if s["seconds_per_iter"] is not None:
@@ -108,9 +121,14 @@ class TrainingCurves:
             if len(points):
                 loss_ax.plot(points[:, 0], _rolling_median(points[:, 1]), label=key,
                              linewidth=2.2 if key == "total_loss" else 1.1)
-        loss_ax.set(xlabel="iteration", ylabel="loss (median of 20)", xlim=(0, self.max_iter))
+        for key in self.validation_keys():  # few points, each already a mean over pictures: not smoothed
+            points = self.series(key)
+            loss_ax.plot(points[:, 0], points[:, 1], "o--", markersize=3.5, label=key.replace(VALIDATION, "val "),
+                         color="black" if key == VALIDATION + "total_loss" else None,
+                         linewidth=1.8 if key == VALIDATION + "total_loss" else 1.0)
+        loss_ax.set(xlabel="iteration", ylabel="loss (training: median of 20)", xlim=(0, self.max_iter))
         loss_ax.grid(alpha=0.3)
-        if self.loss_keys():
+        if self.loss_keys() or self.validation_keys():
             loss_ax.legend(fontsize=8, loc="upper right", ncol=2)
         lr = self.series("lr")
         if len(lr):
@@ -228,7 +246,7 @@ class LiveMonitor(HookBase):
 def _row_from_storage(storage, iteration: int) -> dict:
     row = {"iteration": iteration}
     for key, (value, at) in storage.latest().items():
-        if at == iteration and (key.startswith("loss") or key in ("total_loss", "lr", "time")):
+        if at == iteration and (key.startswith(("loss", VALIDATION)) or key in ("total_loss", "lr", "time")):
             row[key] = float(value)
     return row
 
@@ -254,7 +272,7 @@ def follow_metrics_file(path, curves: TrainingCurves, view: LiveView, position: 
     complete = text[: text.rfind("\n") + 1]  # a line still being written waits for next time
     for line in complete.splitlines():
         row = json.loads(line)
-        if "iteration" in row and ("total_loss" in row or "lr" in row):
+        if "iteration" in row and ("total_loss" in row or "lr" in row or VALIDATION + "total_loss" in row):
             row.setdefault("max_mem_mb", row.get("memory"))
             curves.add(row)
     if complete:

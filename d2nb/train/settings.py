@@ -32,7 +32,7 @@ from d2nb.train.resume import resume_choice
 # TrainSettings fields by kind: (name, smallest value allowed)
 WHOLE_NUMBERS = (("max_iter", 1), ("ims_per_batch", 1), ("checkpoint_period", 1), ("eval_period", 0),
                  ("num_workers", 0), ("cpu_processes", 1), ("num_machines", 1), ("machine_rank", 0),
-                 ("seed", -(2**31)))
+                 ("seed", -(2**31)), ("val_loss_period", 0), ("val_loss_images", 1))
 FLAGS = ("amp", "fast", "monitor", "keep_placeholder")
 PATHS = ("output_dir",)
 
@@ -62,6 +62,10 @@ class TrainSettings:
       more data-loading workers; see ``apply_fast_mode``).
     - ``opts``: ``["KEY", "VALUE", ...]`` as train_net.py takes them; applied last, so they win.
     - ``synthetic_size``: image size of the synthetic dataset (default 128 px).
+    - ``val_loss_period``: every so many iterations, the losses on ``val_loss_images`` pictures
+      of the val split (``validation/total_loss`` in metrics.json and the monitor; the whole
+      split at every ``eval_period``); ``None`` = ten times a run (``max_iter // 10``), 0 = never.
+      It leaves training as it was: same loss curve (``d2nb.train.validation``).
     """
 
     gpus: int | None = None
@@ -90,6 +94,8 @@ class TrainSettings:
     monitor: bool = True
     synthetic_size: int | list | None = None
     keep_placeholder: bool = False
+    val_loss_period: int | None = 0  # off by default until tests/wip_validation_loss.py passes
+    val_loss_images: int = 16
     synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
 
     def synthetic_spec(self) -> SyntheticSpec:

@@ -3,7 +3,8 @@
 ``Trainer`` is detectron2's ``DefaultTrainer`` with d2nb's parts: atomic checkpoints
 (``d2nb.checkpoint``), COCO evaluation, the CPU recipe's model parts and separable ROIAlign,
 AdamW for the recipe and fast mode's batched gradient clipping. Its hooks are detectron2's
-plus the live monitor (``d2nb.train.monitor``) and any ``extra_hooks``.
+plus the validation loss (``d2nb.train.validation``), the live monitor (``d2nb.train.monitor``)
+and any ``extra_hooks``.
 
 ``train_in_process`` runs it in this process (or as one rank of several): logging to
 ``log.txt``, the seed, the monitor, and what happens when training stops early (a Ctrl-C
@@ -32,6 +33,7 @@ from d2nb.train.output import setup_run_logging, write_class_names
 from d2nb.train.result import TrainResult, plain_metrics, write_result
 from d2nb.train.roi_align import use_separable_roi_align
 from d2nb.train.settings import CheckedSettings
+from d2nb.train.validation import build as build_validation_loss
 
 logger = logging.getLogger("d2nb.train")
 
@@ -39,8 +41,9 @@ logger = logging.getLogger("d2nb.train")
 class Trainer(DefaultTrainer):
     """detectron2's DefaultTrainer with COCO evaluation, atomic checkpoints and extra hooks."""
 
-    def __init__(self, cfg, extra_hooks=()):
+    def __init__(self, cfg, extra_hooks=(), validation_loss=None):
         self._extra_hooks = list(extra_hooks)
+        self._validation_loss = validation_loss
         super().__init__(cfg)
 
     def build_hooks(self):
@@ -48,7 +51,13 @@ class Trainer(DefaultTrainer):
         # PeriodicCheckpointer hook captures it.
         self.checkpointer = AtomicCheckpointer(self.checkpointer.model, self.cfg.OUTPUT_DIR,
                                                trainer=self.checkpointer.checkpointables["trainer"])
-        return super().build_hooks() + self._extra_hooks
+        hooks = super().build_hooks()
+        if self._validation_loss is not None:  # before the writers, so that they write its scalars
+            from detectron2.engine.hooks import PeriodicWriter
+
+            writer = next((i for i, h in enumerate(hooks) if isinstance(h, PeriodicWriter)), len(hooks))
+            hooks.insert(writer, self._validation_loss)
+        return hooks + self._extra_hooks
 
     @classmethod
     def build_model(cls, cfg):
@@ -113,7 +122,8 @@ def train_in_process(cfg, settings: CheckedSettings, extra_hooks: list, rank: in
         extra_hooks = extra_hooks + [monitor]
     logger.info(f"Training {cfg.DATASETS.TRAIN[0]} on {cfg.MODEL.DEVICE} in {comm.get_world_size()} "
                 f"process{'es' if comm.get_world_size() > 1 else ''}; writing to {cfg.OUTPUT_DIR}")
-    trainer = Trainer(cfg, extra_hooks)
+    trainer = Trainer(cfg, extra_hooks, build_validation_loss(cfg, settings.val_loss_period, settings.val_loss_images,
+                                                              cfg.TEST.EVAL_PERIOD))
     trainer.resume_or_load(resume=settings.resume)
     interrupted = False
     started, first_iter = time.perf_counter(), trainer.start_iter

@@ -129,12 +129,16 @@ class ThresholdExplorer(widgets.VBox):
 
     ``settings`` holds the current threshold, classes and toggles, which ``save_outputs``
     takes as keyword arguments; ``counts`` the kept detections per class of the shown picture.
+    ``score_threshold`` may be a ``d2nb.thresholds.Thresholds`` (04's thresholds.json): its
+    per-class thresholds stay, and the slider sets the threshold of the other classes.
     """
 
     def __init__(self, predictions=(), score_threshold: float = DEFAULT_SCORE_THRESHOLD,
                  score_floor: float = SCORE_FLOOR):
         self.predictions = []
-        self.slider = widgets.FloatSlider(value=float(score_threshold), min=min(float(score_floor), float(score_threshold)),
+        self.per_class = score_threshold if getattr(score_threshold, "per_class", None) else None
+        base = float(getattr(score_threshold, "score_threshold", score_threshold))
+        self.slider = widgets.FloatSlider(value=base, min=min(float(score_floor), base),
                                           max=1.0, step=0.01, description="score ≥", readout_format=".2f")
         self.classes = widgets.SelectMultiple(description="classes", rows=6)
         self.boxes = widgets.Checkbox(value=True, description="boxes", indent=False)
@@ -146,7 +150,8 @@ class ThresholdExplorer(widgets.VBox):
         self.last_redraw_ms = None
         for control in (self.slider, self.classes, self.boxes, self.masks, self.labels, self.picture):
             control.observe(lambda change: self.redraw(), "value")
-        super().__init__([widgets.HBox([self.picture, self.slider]),
+        own = widgets.Label(f"per-class thresholds: {self.per_class}" if self.per_class else "")
+        super().__init__([widgets.HBox([self.picture, self.slider, own]),
                           widgets.HBox([self.classes, widgets.VBox([self.boxes, self.masks, self.labels])]),
                           widgets.HBox([self.image, self.counts_html])])
         self.add_predictions(predictions)
@@ -177,7 +182,8 @@ class ThresholdExplorer(widgets.VBox):
     @property
     def settings(self) -> dict:
         every_class = set(self.classes.value) == set(self.classes.options)
-        return {"score_threshold": self.slider.value, "classes": None if every_class else list(self.classes.value),
+        threshold = self.per_class.with_score_threshold(self.slider.value) if self.per_class else self.slider.value
+        return {"score_threshold": threshold, "classes": None if every_class else list(self.classes.value),
                 "boxes": self.boxes.value, "masks": self.masks.value, "labels": self.labels.value}
 
     @property
