@@ -44,34 +44,37 @@ def whole_number(name: str, value, minimum: int = 1):
     return value
 
 
+def _number(value):
+    """``value`` as a finite float (numeric text accepted), or ``None`` when it is not one."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+        return None
+    return float(number)
+
+
 def positive_number(name: str, value):
     """``value`` as a float > 0 (``None`` stays ``None``); numeric text accepted."""
     if value is None:
         return None
-    number = value
-    if isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            number = value
-    if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) or number <= 0:
+    number = _number(value)
+    if number is None or number <= 0:
         raise D2nbError(f"{name} must be a positive number, got {value!r}",
                         f"pass e.g. {name}=0.001 ('-p {name} 0.001' to papermill), or leave it unset for the default")
-    return float(number)
+    return number
 
 
 def non_negative_number(name: str, value, example: float = 10):
     """``value`` as a float >= 0 (0 usually means "off"); numeric text accepted."""
-    number = value
-    if isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            number = value
-    if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) or number < 0:
+    number = _number(value)
+    if number is None or number < 0:
         raise D2nbError(f"{name} must be a number of at least 0, got {value!r}",
                         f"pass e.g. {name}={example:g} ('-p {name} {example:g}' to papermill), or {name}=0 for none")
-    return float(number)
+    return number
 
 
 def flag(name: str, value) -> bool:

@@ -80,17 +80,30 @@ def make_synthetic_dataset(spec: SyntheticSpec = SyntheticSpec(), root=None) -> 
     The folder is written under a temporary name and renamed when complete, so an
     interrupted run never leaves a half-written dataset that a later run would trust.
     """
+    folder = _written_once(spec, root, lambda staging: [
+        _write_split(staging, split, index, spec.num_train if split == "train" else spec.num_val, spec)
+        for index, split in enumerate(SPLITS)])
+    return {s: (str(folder / f"{s}.json"), str(folder / s)) for s in SPLITS}
+
+
+def make_large_dataset(spec: LargeSpec = LargeSpec(), root=None) -> tuple:
+    """Write (or reuse) the large-picture split; return ``(json_path, image_dir)``. Written
+    under a temporary name and renamed when complete, as ``make_synthetic_dataset``."""
+    folder = _written_once(spec, root, lambda staging: _write_split(staging, "large", 2, spec.num_images, spec))
+    return str(folder / "large.json"), str(folder / "large")
+
+
+def _written_once(spec, root, write) -> Path:
+    """The folder of ``spec`` under ``root``: reused when complete (it holds spec.json), else
+    written by ``write(staging folder)`` and renamed into place."""
     root = Path(root) if root is not None else default_datasets_root()
     folder = root / spec.folder_name
-    splits = {s: (str(folder / f"{s}.json"), str(folder / s)) for s in SPLITS}
     if (folder / "spec.json").is_file():
-        return splits
+        return folder
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
     try:
-        for split_index, split in enumerate(SPLITS):
-            count = spec.num_train if split == "train" else spec.num_val
-            _write_split(staging, split, split_index, count, spec)
+        write(staging)
         (staging / "spec.json").write_text(json.dumps(asdict(spec), indent=1))
         try:
             staging.rename(folder)
@@ -99,30 +112,7 @@ def make_synthetic_dataset(spec: SyntheticSpec = SyntheticSpec(), root=None) -> 
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return splits
-
-
-def make_large_dataset(spec: LargeSpec = LargeSpec(), root=None) -> tuple:
-    """Write (or reuse) the large-picture split; return ``(json_path, image_dir)``. Written
-    under a temporary name and renamed when complete, as ``make_synthetic_dataset``."""
-    root = Path(root) if root is not None else default_datasets_root()
-    folder = root / spec.folder_name
-    split = (str(folder / "large.json"), str(folder / "large"))
-    if (folder / "spec.json").is_file():
-        return split
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
-    try:
-        _write_split(staging, "large", 2, spec.num_images, spec)
-        (staging / "spec.json").write_text(json.dumps(asdict(spec), indent=1))
-        try:
-            staging.rename(folder)
-        except OSError:
-            if not (folder / "spec.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return split
+    return folder
 
 
 def _write_split(folder: Path, split: str, split_index: int, count: int, spec):
