@@ -168,3 +168,30 @@ def test_predictions_are_those_of_detectron2_default_predictor_as_demo_py_runs_i
 def test_a_training_run_keeps_its_class_names_for_a_fresh_kernel(trained_run, predictor):
     saved = json.loads((trained_run["output_dir"] / "class_names.json").read_text())
     assert saved == ["circle", "triangle", "square", "star"] == predictor.labels.class_names
+
+
+def test_notebook_given_an_evaluation_folder_applies_its_per_class_thresholds(trained_run, predictor, val_split,
+                                                                               tmp_path):
+    """04_evaluate's thresholds.json, named by the ``thresholds`` parameter, decides what 01 keeps:
+    circles above the median circle score, every other class above 0.3 (not the default 0.5)."""
+    run, (_, image_dir) = trained_run["output_dir"], val_split
+    found = predictor.predict(load_images(f"{image_dir}/*.png"))
+    names = predictor.labels.class_names
+    scores = {name: [] for name in names}
+    for prediction in found:
+        for label, score in zip(prediction.classes, prediction.scores):
+            scores[names[int(label)]].append(float(score))
+    circle = float(np.median(scores["circle"]))
+    evaluation = tmp_path / "evaluate"
+    evaluation.mkdir()
+    (evaluation / "thresholds.json").write_text(json.dumps({"score_threshold": 0.3, "per_class": {"circle": circle}}))
+    out = tmp_path / "out"
+    run_notebook("01_inference.ipynb", tmp_path / "01.out.ipynb", {
+        "config": run, "inputs": f"{image_dir}/*.png", "thresholds": evaluation, "output": out})
+    saved = json.loads((out / "predictions.json").read_text())
+    name_of = {c["id"]: c["name"] for c in saved["categories"]}
+    kept = {name: sorted(a["score"] for a in saved["annotations"] if name_of[a["category_id"]] == name) for name in names}
+    expected = {name: sorted(s for s in scores[name] if s >= (circle if name == "circle" else 0.3)) for name in names}
+    assert {n: len(v) for n, v in kept.items()} == {n: len(v) for n, v in expected.items()}
+    assert kept["circle"] and min(kept["circle"]) >= circle
+    assert len(kept["circle"]) < sum(s >= DEFAULT_SCORE_THRESHOLD for s in scores["circle"])  # the file, not 0.5

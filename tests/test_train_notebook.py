@@ -43,6 +43,18 @@ def test_ap_tables_are_printed_as_cocoevaluator_prints_them(trained_run):
         assert "Per-category segm AP" in text and "| circle" in text
 
 
+def test_the_final_evaluation_prints_its_tables_not_its_log(trained_run):
+    """pycocotools' summaries, the copy-paste csv and per-step evaluator lines stay in log.txt."""
+    log = (trained_run["output_dir"] / "log.txt").read_text()
+    train_cell = next(c for c in trained_run["notebook"]["cells"] if "result = train(settings)" in "".join(c["source"]))
+    text = "".join(o["text"] if isinstance(o["text"], str) else "".join(o["text"])
+                   for o in train_cell.get("outputs", []) if "text" in o)
+    for noise in ("Average Precision  (AP) @[", "copypaste:", "index created!", "Preparing results for COCO format"):
+        assert noise in log and noise not in text, noise
+    assert "Per-category segm AP" in text
+    assert len(text.splitlines()) < 45, text  # 2 tables of 3 lines, 2 per-category tables, a few progress lines
+
+
 def test_monitor_figure_is_an_ordinary_output_and_a_png(trained_run):
     outputs = [o for c in trained_run["notebook"]["cells"] for o in c.get("outputs", [])]
     images = [o for o in outputs if "image/png" in o.get("data", {})]

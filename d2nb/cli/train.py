@@ -29,8 +29,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train (or --eval-only) like tools/train_net.py",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", default=None, metavar="FILE",
-                   help="model-zoo name, d2nb recipe or yaml path (default: CPU recipe on CPU, "
-                        "mask_rcnn_R_50_FPN_3x on GPU)")
+                   help="model-zoo name, d2nb recipe or yaml path (default: d2nb's small recipe for the synthetic "
+                        "data, mask_rcnn_R_50_FPN_3x for your own)")
     p.add_argument("--num-gpus", type=int, default=None, help="GPUs per machine (default: all; 0 = CPU)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=defaults.resume,
                    help="--resume: continue from output_dir's last_checkpoint whatever the config (train_net.py's "
@@ -43,7 +43,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     for name, kind in (("dataset", str), ("val_dataset", str), ("image_root", str), ("output_dir", str),
                        ("weights", str), ("max_iter", int), ("ims_per_batch", int), ("base_lr", float),
                        ("eval_period", int), ("checkpoint_period", int), ("checkpoint_minutes", float), ("seed", int),
-                       ("num_workers", int), ("cpu_processes", int)):
+                       ("num_workers", int), ("cpu_processes", int), ("val_loss_period", int), ("val_loss_images", int)):
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(defaults, name))
     p.add_argument("--amp", action="store_true", help="mixed precision (GPU)")
     p.add_argument("--fast", action="store_true", help="GPU speed-ups that keep the loss curve (AMP, TF32, more workers)")

@@ -8,10 +8,13 @@ on the runtime's local disk (``$DETECTRON2_DATASETS``), where reading pictures i
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from d2nb import colab, zoo
@@ -57,11 +60,47 @@ def write_class_names(cfg) -> None:
 
 class _NotebookConsoleFilter(logging.Filter):
     """In a notebook the live monitor replaces the per-20-iteration log lines: show only
-    warnings, d2nb's own messages and the evaluation tables. log.txt still gets everything."""
+    warnings, d2nb's own messages, the evaluation's AP tables and its progress (a line a
+    minute at most). log.txt still gets everything."""
+
+    SHOWN = ("Evaluation results for ", "Per-category ", "Start inference on ", "Total inference time")
+    PROGRESS = "Inference done "
+    PROGRESS_SECONDS = 60
+
+    def __init__(self):
+        super().__init__()
+        self._progress_at = -float("inf")
 
     def filter(self, record):
-        return (record.levelno >= logging.WARNING or record.name.startswith("d2nb")
-                or record.name.startswith("detectron2.evaluation"))
+        if record.levelno >= logging.WARNING or record.name.startswith("d2nb"):
+            return True
+        if not record.name.startswith("detectron2.evaluation"):
+            return False
+        message = str(record.msg)
+        if message.startswith(self.PROGRESS):
+            now = time.monotonic()
+            if now - self._progress_at < self.PROGRESS_SECONDS:
+                return False
+            self._progress_at = now
+            return True
+        return message.startswith(self.SHOWN)
+
+
+@contextlib.contextmanager
+def prints_to_log(quiet: bool):
+    """With ``quiet``, what the evaluation prints (pycocotools' "loading annotations...",
+    "index created!" and its 12-line AP summaries, which the AP tables repeat) goes to
+    log.txt instead of the notebook. The console log handler keeps its own stream."""
+    if not quiet:
+        yield
+        return
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            yield
+    finally:
+        if printed.getvalue().strip():
+            logging.getLogger("d2nb.evaluation.printed").debug(printed.getvalue().rstrip())
 
 
 def setup_run_logging(output_dir, rank: int = 0, quiet_console: bool = False) -> None:

@@ -21,6 +21,7 @@ class TrainResult:
     monitor_overhead: float | None = None
     train_seconds: float | None = None  # wall-clock of the training loop, evaluation at the end included
     iterations_run: int | None = None
+    validation_loss_seconds: float | None = None  # of train_seconds, spent on the validation loss
 
     @property
     def model_final(self) -> str:

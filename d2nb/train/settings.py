@@ -94,7 +94,7 @@ class TrainSettings:
     monitor: bool = True
     synthetic_size: int | list | None = None
     keep_placeholder: bool = False
-    val_loss_period: int | None = 0  # off by default until tests/wip_validation_loss.py passes
+    val_loss_period: int | None = None
     val_loss_images: int = 16
     synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
 

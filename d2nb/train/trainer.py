@@ -29,7 +29,7 @@ from d2nb.train.config import optimizer_name
 from d2nb.train.fast import clip_per_parameter_foreach, enable_tf32
 from d2nb.train.interrupt import save_after_interrupt, save_after_out_of_memory
 from d2nb.train.monitor import LiveMonitor, in_notebook, run_title
-from d2nb.train.output import setup_run_logging, write_class_names
+from d2nb.train.output import prints_to_log, setup_run_logging, write_class_names
 from d2nb.train.result import TrainResult, plain_metrics, write_result
 from d2nb.train.roi_align import use_separable_roi_align
 from d2nb.train.settings import CheckedSettings
@@ -96,6 +96,12 @@ class Trainer(DefaultTrainer):
                                    fused=True))  # one fused kernel for all tensors: 4x less time on CPU
 
     @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """detectron2's evaluation; in a notebook, without pycocotools' prints (log.txt has them)."""
+        with prints_to_log(in_notebook()):
+            return super().test(cfg, model, evaluators)
+
+    @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return COCOEvaluator(dataset_name, output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "inference"))
 
@@ -122,8 +128,8 @@ def train_in_process(cfg, settings: CheckedSettings, extra_hooks: list, rank: in
         extra_hooks = extra_hooks + [monitor]
     logger.info(f"Training {cfg.DATASETS.TRAIN[0]} on {cfg.MODEL.DEVICE} in {comm.get_world_size()} "
                 f"process{'es' if comm.get_world_size() > 1 else ''}; writing to {cfg.OUTPUT_DIR}")
-    trainer = Trainer(cfg, extra_hooks, build_validation_loss(cfg, settings.val_loss_period, settings.val_loss_images,
-                                                              cfg.TEST.EVAL_PERIOD))
+    validation_loss = build_validation_loss(cfg, settings.val_loss_period, settings.val_loss_images, cfg.TEST.EVAL_PERIOD)
+    trainer = Trainer(cfg, extra_hooks, validation_loss)
     trainer.resume_or_load(resume=settings.resume)
     interrupted = False
     started, first_iter = time.perf_counter(), trainer.start_iter
@@ -142,7 +148,7 @@ def train_in_process(cfg, settings: CheckedSettings, extra_hooks: list, rank: in
     metrics = getattr(trainer, "_last_eval_results", None) or {}
     result = TrainResult(cfg.OUTPUT_DIR, trainer.iter, plain_metrics(metrics), interrupted,
                          monitor.overhead if monitor else None, time.perf_counter() - started,
-                         trainer.iter - first_iter)
+                         trainer.iter - first_iter, validation_loss.seconds if validation_loss else None)
     if comm.is_main_process():
         write_result(result)
     return result
