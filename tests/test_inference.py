@@ -195,3 +195,16 @@ def test_notebook_given_an_evaluation_folder_applies_its_per_class_thresholds(tr
     assert {n: len(v) for n, v in kept.items()} == {n: len(v) for n, v in expected.items()}
     assert kept["circle"] and min(kept["circle"]) >= circle
     assert len(kept["circle"]) < sum(s >= DEFAULT_SCORE_THRESHOLD for s in scores["circle"])  # the file, not 0.5
+
+
+def test_a_call_with_more_pictures_than_the_cache_holds_returns_them_all(predictor, val_split, monkeypatch):
+    """Tiling a large picture makes hundreds of tiles in one call: the cache's size bounds
+    what is remembered between calls, not what a call returns."""
+    from d2nb.predict import predictor as predictor_module
+
+    monkeypatch.setattr(predictor_module, "CACHE_SIZE", 2)
+    predictor.set_score_floor(predictor.score_floor)  # an empty cache
+    pictures = load_images(sorted(val_split[1].glob("*.png"))[:5])
+    found = predictor.predict(pictures, batch_size=2, progress=False)
+    assert [p.name for p in found] == [p.name for p in pictures]
+    assert len(predictor._cache) == 2

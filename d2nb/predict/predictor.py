@@ -128,7 +128,8 @@ class Predictor:
         items = [item for item in items if item.ok]
         pool = resize_pool()
         keys = list(pool.map(image_key, [item.image for item in items]))  # hashing frees the GIL
-        todo = [i for i, key in enumerate(keys) if key not in self._cache]
+        found = {key: self._cache[key] for key in keys if key in self._cache}  # this call's, whatever the cache drops
+        todo = [i for i, key in enumerate(keys) if key not in found]
         batch_size = max(1, int(batch_size))
         batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
         bar = progress_bar(len(todo), progress)
@@ -150,12 +151,13 @@ class Predictor:
             for n, predictions in enumerate(run_batches(run, len(batches), in_flight, self.device)):
                 resize_ahead(n + in_flight + 1)
                 for index, prediction in zip(batches[n], predictions):
+                    found[keys[index]] = prediction
                     self._remember(keys[index], prediction)
                 bar.update(len(batches[n]))
         finally:
             self._ahead = {}
         bar.close()
-        return [replace(self._cache[key], name=item.name, source=item.source, scale=item.scale,
+        return [replace(found[key], name=item.name, source=item.source, scale=item.scale,
                         image=item.image) for key, item in zip(keys, items)]
 
     def _forward(self, images: list) -> list:
