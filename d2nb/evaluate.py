@@ -66,7 +66,8 @@ class EvaluationSettings:
     - ``weights``: ``None`` = the run's ``model_final.pth`` (else its last checkpoint), the
       model-zoo checkpoint for a model-zoo config, or the yaml's ``MODEL.WEIGHTS``; else a
       ``.pth``/``.pkl`` path, a URL or ``"zoo"``.
-    - ``dataset``: ``"synthetic"`` (its val split), a registered name (that dataset itself),
+    - ``dataset``: ``"synthetic"`` (its val split), ``"synthetic_large"`` (2048 px pictures of
+      10-40 px shapes, for ``tile``), a registered name (that dataset itself),
       a COCO json (with ``image_root``), or a Roboflow export folder (its valid split, else test).
     - ``output_dir``: a folder for the results; not a training run's own folder, whose
       metrics.json is the training log.

@@ -1,7 +1,8 @@
 """Tiled inference's geometry and merging on hand-made detections whose answer is known
 (windows cover the picture; a shape cut by a tile border is found once, not twice), and, with
 the checkpoint the suite trains, the small shapes of large pictures that tiling finds and
-whole-picture inference loses, in the predictor and in evaluation's AP; test-time augmentation in the predictor."""
+whole-picture inference loses, in the predictor and in evaluation's AP (API and ``d2nb
+evaluate --tile``); test-time augmentation in the predictor."""
 
 import json
 from pathlib import Path
@@ -173,3 +174,19 @@ def test_evaluation_with_tiles_scores_the_small_shapes_that_the_whole_picture_lo
     assert f"| bbox     | AP     | {plain['bbox']['AP']:6.2f} | {tiled['bbox']['AP']:6.2f} |" in report
     assert format_report(load_evaluation(out)) == report
 
+
+def test_d2nb_evaluate_takes_tile_and_prints_the_tiled_ap(trained_run, large_split, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    json_file, image_dir = large_split
+    completed = subprocess.run(
+        [sys.executable, "-m", "d2nb", "evaluate", "--config-file", str(trained_run["output_dir"]),
+         "--dataset", json_file, "--image-root", image_dir, "--output", str(tmp_path / "cli"), "--num-gpus", "0",
+         "--tile", "128"],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "Tiled inference (128 px tiles, overlap 0.25) against the plain model:" in completed.stdout
+    assert "| segm     | AP     |" in completed.stdout
+    assert (tmp_path / "cli" / "metrics_tiled.json").is_file()
