@@ -15,7 +15,10 @@ What lands in ``output_dir``: ``inference/coco_instances_results.json`` and
 ``ap_tables.json`` (the tables as detectron2 logged them) and ``log.txt``. With ``tta=True``
 the model is also scored with test-time augmentation (``d2nb.tta``): its results go to
 ``inference_tta/``, its AP to ``metrics_tta.json`` and ``ap_tables_tta.json``, and the report
-puts its AP beside the plain AP.
+puts its AP beside the plain AP. With ``tile`` (a tile size in pixels) the model is also scored on
+the pictures at full resolution in overlapping tiles plus the whole picture, merged
+(``d2nb.predict.tiled_model``): results in ``inference_tiled/``, AP in ``metrics_tiled.json``
+and ``ap_tables_tiled.json``, beside the plain AP in the report.
 
 Scoring uses pycocotools' official ``COCOeval`` (not detectron2's faster re-implementation),
 so the numbers are exactly what pycocotools computes from the saved results.
@@ -35,6 +38,7 @@ from d2nb import zoo
 from d2nb.data import SYNTHETIC, SyntheticSpec, resolve_dataset
 from d2nb.data.register import class_names as coco_class_names, read_coco_json
 from d2nb.errors import D2nbError
+from d2nb.predict.tiling import DEFAULT_OVERLAP, check_tiling, tiling_on
 from d2nb.train.monitor import in_notebook
 from d2nb.parameters import flag
 
@@ -44,6 +48,8 @@ TABLES_FILE = "ap_tables.json"
 METRICS_FILE = "metrics.json"
 TTA_METRICS_FILE = "metrics_tta.json"
 TTA_TABLES_FILE = "ap_tables_tta.json"
+TILED_METRICS_FILE = "metrics_tiled.json"
+TILED_TABLES_FILE = "ap_tables_tiled.json"
 # COCO's object sizes (pycocotools' areaRng), in the words the notes use
 SIZES = {"APs": "small (area under 32x32 pixels)", "APm": "medium (area 32x32 to 96x96 pixels)",
          "APl": "large (area over 96x96 pixels)"}
@@ -60,7 +66,8 @@ class EvaluationSettings:
     - ``weights``: ``None`` = the run's ``model_final.pth`` (else its last checkpoint), the
       model-zoo checkpoint for a model-zoo config, or the yaml's ``MODEL.WEIGHTS``; else a
       ``.pth``/``.pkl`` path, a URL or ``"zoo"``.
-    - ``dataset``: ``"synthetic"`` (its val split), a registered name (that dataset itself),
+    - ``dataset``: ``"synthetic"`` (its val split), ``"synthetic_large"`` (2048 px pictures of
+      10-40 px shapes, for ``tile``), a registered name (that dataset itself),
       a COCO json (with ``image_root``), or a Roboflow export folder (its valid split, else test).
     - ``output_dir``: a folder for the results; not a training run's own folder, whose
       metrics.json is the training log.
@@ -68,6 +75,10 @@ class EvaluationSettings:
     - ``opts``: ``["KEY", "VALUE", ...]`` config options, applied last (e.g. ``TEST.DETECTIONS_PER_IMAGE``).
     - ``tta``: also score with test-time augmentation (``TEST.AUG.*``; ``TEST.AUG.ENABLED True``
       in ``opts`` does the same, as in train_net.py).
+    - ``tile``: ``None`` = off; a tile size in pixels (e.g. 512): also score the pictures at full
+      resolution in overlapping tiles plus the whole picture, merged (01_inference's ``tile``);
+      a ``D2nbError`` before the model loads when it is under 32 px or larger than a picture.
+    - ``tile_overlap``: the fraction of a tile its neighbour covers again, in [0, 1).
     """
 
     config: str | None = None
@@ -80,6 +91,8 @@ class EvaluationSettings:
     synthetic_size: int | list | None = None
     keep_placeholder: bool = False
     tta: bool = False
+    tile: int | None = None
+    tile_overlap: float = DEFAULT_OVERLAP
     runs_root: str = zoo.RUNS_DIR
     progress: bool = True
 
@@ -107,6 +120,10 @@ class EvaluationResult:
     training_run: str | None = None  # the run's output folder, when the model came from one
     tta_metrics: dict = field(default_factory=dict)  # the same keys as metrics, with test-time augmentation
     tta_tables: dict = field(default_factory=dict)
+    tiled_metrics: dict = field(default_factory=dict)  # the same keys as metrics, from tiled inference
+    tiled_tables: dict = field(default_factory=dict)
+    tile: int | None = None  # the tiles tiled_metrics were scored with
+    tile_overlap: float | None = None
 
     @property
     def results_json(self) -> str:
@@ -122,21 +139,28 @@ def evaluate(settings: EvaluationSettings) -> EvaluationResult:
     files listed at the top of this module and return the result.
 
     Raises ``D2nbError`` for a missing checkpoint, an unknown dataset or config, an
-    output_dir that cannot be written, or a checkpoint whose classes do not fit the dataset.
+    output_dir that cannot be written, a checkpoint whose classes do not fit the dataset, or a
+    ``tile`` that does not fit its pictures.
     """
-    from detectron2.data import MetadataCatalog, build_detection_test_loader
-    from detectron2.evaluation import COCOEvaluator, inference_on_dataset
+    from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
     from detectron2.modeling import build_model
 
     from d2nb.modeling import register as register_model_parts
     from d2nb.train.output import prepare_output_dir, setup_run_logging
 
+    tiling = None  # (tile, overlap), checked against the dataset's pictures
+    if tiling_on(settings.tile):
+        check_tiling(settings.tile, settings.tile_overlap)  # before the dataset is registered, too
     cfg, name, choice = build_evaluation_config(settings)
     run_tta = flag("tta", settings.tta) or cfg.TEST.AUG.ENABLED
     if run_tta:
         from d2nb.tta import check_tta
 
         check_tta(cfg)  # before the plain evaluation, not after it
+    if tiling_on(settings.tile):
+        from d2nb.predict.tiled_model import check_tiles_fit
+
+        tiling = check_tiles_fit(DatasetCatalog.get(name), settings.tile, settings.tile_overlap)
     _check_output_dir(settings.output_dir)
     prepare_output_dir(cfg.OUTPUT_DIR)
     setup_run_logging(cfg.OUTPUT_DIR, quiet_console=in_notebook())
@@ -145,31 +169,46 @@ def evaluate(settings: EvaluationSettings) -> EvaluationResult:
     register_model_parts()  # a d2nb recipe names d2nb's backbone and ROI heads
     model = build_model(cfg)
     _load_weights(model, cfg.MODEL.WEIGHTS, MetadataCatalog.get(name).get("thing_classes"))
-    evaluator = COCOEvaluator(name, output_dir=str(Path(cfg.OUTPUT_DIR, "inference")), use_fast_impl=False,
-                              kpt_oks_sigmas=cfg.TEST.KEYPOINT_OKS_SIGMAS)
     loader = build_detection_test_loader(cfg, name)
     logger.info(f"Evaluating {cfg.MODEL.WEIGHTS} on {name} ({len(loader)} images, {cfg.MODEL.DEVICE})")
-    with _TableCapture() as tables, contextlib.redirect_stdout(io.StringIO()) as printed:
-        metrics = inference_on_dataset(model, _progress(loader, settings.progress), evaluator)
-    logger.debug("pycocotools' summary:\n" + printed.getvalue())  # log.txt only: the tables say it
+    metrics, tables = _score(model, loader, name, cfg, "", settings.progress)
     tta_metrics, tta_tables = {}, {}
     if run_tta:
         from d2nb.tta import describe_tta, with_tta
 
-        tta_model = with_tta(cfg, model)
         logger.info(describe_tta(cfg))
-        evaluator = COCOEvaluator(name, output_dir=str(Path(cfg.OUTPUT_DIR, "inference_tta")), use_fast_impl=False)
-        with _TableCapture() as captured, contextlib.redirect_stdout(io.StringIO()):
-            tta_metrics = inference_on_dataset(tta_model, _progress(loader, settings.progress), evaluator)
-        tta_metrics, tta_tables = json.loads(json.dumps(tta_metrics, default=float)), captured.tables
+        tta_metrics, tta_tables = _score(with_tta(cfg, model), loader, name, cfg, "tta", settings.progress)
+    tiled_metrics, tiled_tables = {}, {}
+    if tiling:
+        from d2nb.predict.tiled_model import FullResolutionMapper, tiled_model
+
+        tiled = tiled_model(cfg, model, choice, *tiling)
+        logger.info(tiled.describe())
+        full_size = build_detection_test_loader(cfg, name, mapper=FullResolutionMapper(tiled.tile))
+        tiled_metrics, tiled_tables = _score(tiled, full_size, name, cfg, "tiled", settings.progress)
     metadata = MetadataCatalog.get(name)
-    metrics = json.loads(json.dumps(metrics, default=float))
     result = EvaluationResult(str(cfg.OUTPUT_DIR), name, str(metadata.json_file), metadata.get("image_root"),
-                              list(metadata.get("thing_classes", []) or []), metrics, tables.tables, [],
-                              choice.output_dir and str(choice.output_dir), tta_metrics, tta_tables)
+                              list(metadata.get("thing_classes", []) or []), metrics, tables, [],
+                              choice.output_dir and str(choice.output_dir), tta_metrics, tta_tables,
+                              tiled_metrics, tiled_tables, *(tiling or (None, None)))
     result.notes = nan_notes(metrics, result.gt_json, name)
     _save(result, cfg)
     return result
+
+
+def _score(model, loader, name: str, cfg, kind: str, progress: bool) -> tuple:
+    """``(metrics, tables)``: ``model`` (the plain one, kind ``""``, or a wrapper: ``"tta"``,
+    ``"tiled"``) run over ``loader`` and scored by COCOEvaluator, its results in
+    ``OUTPUT_DIR/inference`` (``inference_<kind>``)."""
+    from detectron2.evaluation import COCOEvaluator, inference_on_dataset
+
+    folder = f"inference_{kind}" if kind else "inference"
+    evaluator = COCOEvaluator(name, output_dir=str(Path(cfg.OUTPUT_DIR, folder)), use_fast_impl=False,
+                              kpt_oks_sigmas=cfg.TEST.KEYPOINT_OKS_SIGMAS)
+    with _TableCapture() as captured, contextlib.redirect_stdout(io.StringIO()) as printed:
+        metrics = inference_on_dataset(model, _progress(loader, progress, kind), evaluator)
+    logger.debug(f"pycocotools' summary ({folder}):\n" + printed.getvalue())  # log.txt only: the tables say it
+    return json.loads(json.dumps(metrics, default=float)), captured.tables
 
 
 def build_evaluation_config(settings: EvaluationSettings) -> tuple:
@@ -292,10 +331,10 @@ class _TableCapture(logging.Handler):
                 self.tables[task] = (self.tables.get(task, "") + "\n" + message).strip("\n")
 
 
-def _progress(loader, enabled: bool):
+def _progress(loader, enabled: bool, kind: str = ""):
     from tqdm.auto import tqdm
 
-    return tqdm(loader, desc="evaluating", unit="image", disable=not enabled)
+    return tqdm(loader, desc=f"evaluating ({kind})" if kind else "evaluating", unit="image", disable=not enabled)
 
 
 def _console_warnings_only() -> None:
@@ -354,6 +393,8 @@ def format_report(result: EvaluationResult) -> str:
         parts.append(format_metrics(result.metrics))
     if result.tta_metrics:
         parts.append(format_tta_comparison(result))
+    if result.tiled_metrics:
+        parts.append(format_tiled_comparison(result))
     if result.notes:
         parts.append("Notes:\n" + "\n".join(f"- {note}" for note in result.notes))
     return "\n\n".join(parts)
@@ -361,15 +402,27 @@ def format_report(result: EvaluationResult) -> str:
 
 def format_tta_comparison(result: EvaluationResult) -> str:
     """Plain and test-time augmented AP side by side, one row per task and metric."""
+    return format_comparison(result.metrics, result.tta_metrics, "Test-time augmentation against the plain model:",
+                             "TTA")
+
+
+def format_tiled_comparison(result: EvaluationResult) -> str:
+    """Plain and tiled AP side by side, one row per task and metric."""
+    tiles = f" ({result.tile} px tiles, overlap {result.tile_overlap:g})" if result.tile else ""
+    return format_comparison(result.metrics, result.tiled_metrics, f"Tiled inference{tiles} against the plain model:",
+                             "tiled")
+
+
+def format_comparison(plain_metrics: dict, other_metrics: dict, title: str, name: str) -> str:
+    """``title``, then a table of the plain AP beside ``other_metrics`` (the column ``name``)."""
     keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-    lines = ["Test-time augmentation against the plain model:",
-             f"| {'task':8} | {'metric':6} | {'plain':>6} | {'TTA':>6} | {'change':>6} |",
+    lines = [title, f"| {'task':8} | {'metric':6} | {'plain':>6} | {name:>6} | {'change':>6} |",
              "|:---------|:-------|-------:|-------:|-------:|"]
-    for task, plain in result.metrics.items():
-        augmented = result.tta_metrics.get(task, {})
+    for task, plain in plain_metrics.items():
+        other = other_metrics.get(task, {})
         for key in keys:
-            if key in plain and key in augmented:
-                a, b = plain[key], augmented[key]
+            if key in plain and key in other:
+                a, b = plain[key], other[key]
                 change = "" if _is_nan(a) or _is_nan(b) else f"{b - a:+.2f}"
                 lines.append(f"| {task:8} | {key:6} | {a:6.2f} | {b:6.2f} | {change:>6} |")
     return "\n".join(lines)
@@ -378,12 +431,17 @@ def format_tta_comparison(result: EvaluationResult) -> str:
 def _save(result: EvaluationResult, cfg) -> None:
     saved = dict(result.metrics, gt_json=result.gt_json, image_root=result.image_root, dataset=result.dataset,
                  weights=cfg.MODEL.WEIGHTS, training_run=result.training_run)
+    if result.tiled_metrics:
+        saved.update(tile=result.tile, tile_overlap=result.tile_overlap)
     Path(result.output_dir, METRICS_FILE).write_text(json.dumps(saved, indent=1))
     Path(result.output_dir, TABLES_FILE).write_text(json.dumps(result.tables, indent=1))
     Path(result.output_dir, "config.yaml").write_text(cfg.dump())
-    if result.tta_metrics:
-        Path(result.output_dir, TTA_METRICS_FILE).write_text(json.dumps(result.tta_metrics, indent=1))
-        Path(result.output_dir, TTA_TABLES_FILE).write_text(json.dumps(result.tta_tables, indent=1))
+    for metrics, tables, metrics_file, tables_file in (
+            (result.tta_metrics, result.tta_tables, TTA_METRICS_FILE, TTA_TABLES_FILE),
+            (result.tiled_metrics, result.tiled_tables, TILED_METRICS_FILE, TILED_TABLES_FILE)):
+        if metrics:
+            Path(result.output_dir, metrics_file).write_text(json.dumps(metrics, indent=1))
+            Path(result.output_dir, tables_file).write_text(json.dumps(tables, indent=1))
 
 
 def load_evaluation(output_dir) -> EvaluationResult:
@@ -399,8 +457,8 @@ def load_evaluation(output_dir) -> EvaluationResult:
     tables = json.loads(tables_file.read_text()) if tables_file.is_file() else {}
     metrics = {k: v for k, v in saved.items() if isinstance(v, dict)}
     names = coco_class_names(read_coco_json(saved["gt_json"]))
-    tta = [json.loads((folder / f).read_text()) if (folder / f).is_file() else {}
-           for f in (TTA_METRICS_FILE, TTA_TABLES_FILE)]
+    second = [json.loads((folder / f).read_text()) if (folder / f).is_file() else {}
+              for f in (TTA_METRICS_FILE, TTA_TABLES_FILE, TILED_METRICS_FILE, TILED_TABLES_FILE)]
     return EvaluationResult(str(folder), saved.get("dataset", ""), saved["gt_json"], saved.get("image_root"),
                             names, metrics, tables, nan_notes(metrics, saved["gt_json"], saved.get("dataset", "")),
-                            saved.get("training_run"), *tta)
+                            saved.get("training_run"), *second, saved.get("tile"), saved.get("tile_overlap"))

@@ -182,6 +182,23 @@ def test_a_checkpoint_for_other_classes_is_refused(bccd_model, tmp_path):
     assert "4 classes (circle" in str(error.value)
 
 
+@pytest.mark.parametrize("tile, overlap, message", [
+    (1024, 0.25, r"tile=1024 is larger than '.*00000\.png' \(512 x 512 px\)"),
+    (-128, 0.25, r"tile=-128 is not a tile size in pixels"),
+    (128, 1.0, r"tile_overlap=1.0 is outside \[0, 1\)"),
+])
+def test_a_tile_that_does_not_fit_is_named_before_the_model_loads(tmp_path, some_weights, tile, overlap, message):
+    from d2nb.data.synthetic import LargeSpec, make_large_dataset
+
+    large_json, image_dir = make_large_dataset(LargeSpec(num_images=2, size=512, shapes=40), tmp_path / "large")
+    settings = _settings(tmp_path, weights=some_weights, dataset=large_json, image_root=image_dir, tile=tile,
+                         tile_overlap=overlap)
+    with pytest.raises(D2nbError, match=message) as error:  # some_weights is no checkpoint: never loaded
+        evaluate(settings)
+    assert "Fix:" in str(error.value) and "tile" in error.value.fix
+    assert not (tmp_path / "out" / "log.txt").exists()
+
+
 def test_command_line_rejects_an_odd_option_list(capsys):
     from d2nb.cli import main
 

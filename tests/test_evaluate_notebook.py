@@ -18,7 +18,8 @@ def evaluated(trained_run, tmp_path_factory):
     output_dir = folder / "evaluation"
     notebook = run_notebook("04_evaluate.ipynb", folder / "04_evaluate.out.ipynb",
                             {"gpus": 0, "config": trained_run["output_dir"], "output_dir": output_dir,
-                             "compare_with": trained_run["output_dir"], "save_thresholds": "best_f1", "tta": True})
+                             "compare_with": trained_run["output_dir"], "save_thresholds": "best_f1", "tta": True,
+                             "tile": 128})  # the val pictures' size: one tile each, plus the whole picture
     return {"output_dir": output_dir, "notebook": notebook, "run": trained_run["output_dir"]}
 
 
@@ -107,3 +108,14 @@ def test_tta_scores_the_same_keys_and_the_report_puts_them_beside_the_plain_ap(e
     text = "".join("".join(o.get("text", "")) for c in evaluated["notebook"]["cells"] for o in c.get("outputs", []))
     assert "Test-time augmentation against the plain model:" in text
     assert f"| segm     | AP     | {plain['segm']['AP']:6.2f} | {augmented['segm']['AP']:6.2f} |" in text
+
+
+def test_tile_scores_the_same_keys_and_the_report_puts_them_beside_the_plain_ap(evaluated):
+    out = evaluated["output_dir"]
+    plain = json.loads((out / "metrics.json").read_text())
+    tiled = json.loads((out / "metrics_tiled.json").read_text())
+    assert (plain["tile"], plain["tile_overlap"]) == (128, 0.25)
+    assert sorted(tiled) == list(TASKS) and all(sorted(tiled[task]) == sorted(plain[task]) for task in TASKS)
+    text = "".join("".join(o.get("text", "")) for c in evaluated["notebook"]["cells"] for o in c.get("outputs", []))
+    assert "Tiled inference (128 px tiles, overlap 0.25) against the plain model:" in text
+    assert f"| bbox     | AP     | {plain['bbox']['AP']:6.2f} | {tiled['bbox']['AP']:6.2f} |" in text

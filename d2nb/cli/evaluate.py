@@ -2,10 +2,13 @@
 
     d2nb evaluate --config-file runs/train/config.yaml --dataset synthetic --output runs/evaluate \\
         MODEL.WEIGHTS runs/train/model_final.pth
+    d2nb evaluate --config-file runs/train --dataset synthetic_large --tile 128 --output runs/evaluate_tiles
 
 Trailing ``KEY VALUE`` pairs are config options applied last; ``MODEL.WEIGHTS`` among them
 names the checkpoint, as train_net.py takes it (``--weights`` does the same). The AP tables
-are logged as detectron2 logs them; what each nan means is printed after them.
+are logged as detectron2 logs them; what each nan means is printed after them. ``--tta`` and
+``--tile`` score the model a second time (test-time augmentation; large pictures in overlapping
+tiles at full resolution) and print that AP beside the plain AP.
 """
 
 from __future__ import annotations
@@ -26,13 +29,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "yaml path (default: the newest run under runs/)")
     p.add_argument("--weights", default=None, help="a .pth/.pkl path, a URL or 'zoo' (or MODEL.WEIGHTS PATH)")
     p.add_argument("--dataset", default=defaults.dataset,
-                   help="'synthetic' (its val split), a registered name, a COCO json or a Roboflow folder")
+                   help="'synthetic' (its val split), 'synthetic_large' (2048 px pictures of small shapes, for "
+                        "--tile), a registered name, a COCO json or a Roboflow folder")
     p.add_argument("--image-root", default=None, help="image folder of a COCO json (default: its folder)")
     p.add_argument("--output", "--output-dir", dest="output_dir", default=defaults.output_dir,
                    help=f"folder for the results (default: {defaults.output_dir})")
     p.add_argument("--num-gpus", type=int, default=None, help="0 = CPU (default: a GPU if there is one)")
     p.add_argument("--tta", action="store_true",
                    help="also score with test-time augmentation (TEST.AUG.*), its AP beside the plain AP")
+    p.add_argument("--tile", type=int, default=defaults.tile, metavar="SIZE",
+                   help="also score the pictures at full resolution in overlapping SIZE x SIZE tiles plus the "
+                        "whole picture, merged (as d2nb demo --tile), its AP beside the plain AP")
+    p.add_argument("--tile-overlap", type=float, default=defaults.tile_overlap, metavar="FRACTION",
+                   help=f"fraction of a tile its neighbour covers again (default {defaults.tile_overlap})")
     p.add_argument("--score-threshold", type=float, default=0.5,
                    help="the threshold --save-thresholds writes for every class (default: 0.5)")
     p.add_argument("--save-thresholds", default=None, metavar="CHOICE",
@@ -56,11 +65,11 @@ def settings_from_args(args):
             for item in (key, value)]
     return EvaluationSettings(config=args.config_file, weights=weights, dataset=args.dataset,
                               image_root=args.image_root, output_dir=output_dir, gpus=args.num_gpus, opts=opts,
-                              tta=args.tta)
+                              tta=args.tta, tile=args.tile, tile_overlap=args.tile_overlap)
 
 
 def run(args) -> int:
-    from d2nb.evaluate import evaluate
+    from d2nb.evaluate import evaluate, format_tiled_comparison, format_tta_comparison
 
     from d2nb.thresholds import choose_thresholds, save_thresholds
 
@@ -69,9 +78,9 @@ def run(args) -> int:
     result = evaluate(settings_from_args(args))
     print(f"results and metrics.json in {result.output_dir}; scored against {result.gt_json}")
     if result.tta_metrics:
-        from d2nb.evaluate import format_tta_comparison
-
         print(format_tta_comparison(result))
+    if result.tiled_metrics:
+        print(format_tiled_comparison(result))
     for note in result.notes:
         print(f"note: {note}")
     if args.save_thresholds:

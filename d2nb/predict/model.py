@@ -21,7 +21,6 @@ logger = logging.getLogger("d2nb.predict")
 def build_yaml(choice, device: str, opts):
     """A yaml config's model with its weights (``choice.weights``, else the config's own)."""
     from detectron2.config import get_cfg
-    from detectron2.data import transforms as T
     from detectron2.modeling import build_model
 
     from d2nb.modeling import register as register_model_parts
@@ -44,11 +43,19 @@ def build_yaml(choice, device: str, opts):
     cfg.MODEL.DEVICE = device
     if not cfg.MODEL.WEIGHTS and cfg.MODEL.RESNETS.NORM == "FrozenBN":
         cfg.MODEL.RESNETS.NORM = "BN"  # random FrozenBN statistics overflow; only for weights='none'
-    model = build_model(cfg).eval()
+    model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
         AtomicCheckpointer(model).load(local_weights(cfg.MODEL.WEIGHTS), source=cfg.MODEL.WEIGHTS)
+    return yaml_parts(cfg, model)
+
+
+def yaml_parts(cfg, model):
+    """What ``build_yaml`` returns, for ``model`` already built from the yaml ``cfg`` with its
+    weights loaded (the one ``d2nb.evaluate`` scores, which its tiled scoring runs again)."""
+    from detectron2.data import transforms as T
+
     resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
-    return model, resize, cfg.INPUT.FORMAT, cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None, cfg
+    return model.eval(), resize, cfg.INPUT.FORMAT, cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None, cfg
 
 
 def build_lazy(choice, device: str, opts):

@@ -21,7 +21,7 @@ from d2nb.predict.batching import as_loaded, image_key, progress_bar, resize_poo
 from d2nb.predict.model import build_lazy, build_yaml, class_labels, model_num_classes
 from d2nb.predict.postprocess import pastes_masks, scaled_keeping_mask_probs, to_predictions
 from d2nb.predict.precision import half_precision_backbone
-from d2nb.predict.tiling import DEFAULT_OVERLAP, predict_tiled
+from d2nb.predict.tiling import DEFAULT_OVERLAP, predict_tiled, tiling_on
 
 SCORE_FLOOR = 0.05
 CACHE_SIZE = 512  # predictions kept per predictor
@@ -56,15 +56,20 @@ class Predictor:
     or ``key=value`` overrides (LazyConfig ``.py`` configs), as demo.py's ``--opts``.
     ``tta`` runs every picture through detectron2's test-time augmentation (``d2nb.tta``:
     several sizes and a flip, merged), R-CNN models of yaml configs only.
+    ``built``: a model already built, as ``d2nb.predict.model.yaml_parts(cfg, model)`` gives it
+    (``choice`` then only names it), instead of building one from ``config``.
     Raises ``D2nbError`` for a config, weights file or URL it cannot load.
     """
 
     def __init__(self, config=None, weights=None, device="auto", amp: bool = False, opts=(),
-                 score_floor: float = SCORE_FLOOR, choice: zoo.ModelChoice | None = None, tta: bool = False):
+                 score_floor: float = SCORE_FLOOR, choice: zoo.ModelChoice | None = None, tta: bool = False,
+                 built: tuple | None = None):
         self.choice = choice or zoo.resolve_model(config, weights)
         self.device = resolve_device(device)
         self.amp = bool(amp) and self.device.startswith("cuda")
-        if self.choice.config.endswith(".py"):
+        if built is not None:
+            self.model, self.resize, self.input_format, dataset, cfg = built
+        elif self.choice.config.endswith(".py"):
             self.model, self.resize, self.input_format, dataset, cfg = build_lazy(self.choice, self.device, opts)
         else:
             self.model, self.resize, self.input_format, dataset, cfg = build_yaml(self.choice, self.device, opts)
@@ -88,10 +93,14 @@ class Predictor:
     def set_score_floor(self, score_floor: float) -> None:
         """The lowest score the model keeps (the explorer's slider starts there)."""
         self.score_floor = float(score_floor)
-        self._cache.clear()
+        self.clear_cache()
         for module in self.model.modules():
             if hasattr(module, "test_score_thresh"):  # box predictors, RetinaNet, FCOS
                 module.test_score_thresh = self.score_floor
+
+    def clear_cache(self) -> None:
+        """Forget the pictures predicted so far (each prediction holds its picture)."""
+        self._cache.clear()
 
     def describe(self) -> str:
         names = self.labels.class_names
@@ -122,7 +131,7 @@ class Predictor:
         synchronises often), the other runs its Python. Pictures are resized ahead, in
         threads, as the batches need them.
         """
-        if tile not in (None, "", 0):
+        if tiling_on(tile):
             return predict_tiled(self, images, tile, tile_overlap, batch_size, progress)
         items = [as_loaded(image, i) for i, image in enumerate(images)]
         items = [item for item in items if item.ok]

@@ -31,6 +31,11 @@ MERGES = ("greedy", "nms")
 METRICS = ("ios", "iou")
 
 
+def tiling_on(tile) -> bool:
+    """Whether ``tile`` asks for tiles: ``None``, ``""`` and 0 mean whole-picture inference."""
+    return tile not in (None, "", 0)
+
+
 def check_tiling(tile, overlap) -> tuple:
     """``(tile, overlap)`` as numbers, or a ``D2nbError`` naming the bad value and the fix."""
     try:
