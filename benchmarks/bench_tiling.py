@@ -136,7 +136,16 @@ def main(argv=None) -> dict:
                                  tile_overlap=args.overlap)
 
     seconds, output = timed(tiled, args.repeats)
-    record(f"d2nb tiled {args.tile} px, overlap {args.overlap}", seconds, coco_results(output, ids))
+    record(f"d2nb tiled {args.tile} px, overlap {args.overlap} (merge nms, the default)", seconds,
+           coco_results(output, ids))
+
+    from d2nb.predict.tiling import predict_tiled
+
+    started = time.perf_counter()  # the same tiles merged as SAHI's GREEDYNMM does: union of each group
+    output = predict_tiled(predictor, images, args.tile, args.overlap, batch_size=args.batch_size, progress=False,
+                           merge="greedy")
+    record(f"d2nb tiled {args.tile} px, overlap {args.overlap} (merge greedy: union of boxes and masks)",
+           time.perf_counter() - started, coco_results(output, ids))
 
     if not args.no_sahi:
         try:

@@ -124,20 +124,98 @@ def install_section(path: Path, data: dict) -> list:
     return lines
 
 
+def ceiling_section(path: Path, data: dict) -> list:
+    m = data["machine"]
+    lines = [f"## GPU ceiling: {path.name}", "",
+             f"{m['gpu']}, torch {m['torch']}, CUDA {m['cuda']}, detectron2 {m['detectron2']}, {m['date']}.", "",
+             f"Command: `{data['command']}`", ""]
+    inference = data.get("inference")
+    if inference:
+        ours = inference["pipelines"]
+        best = max(v["images_s"] for v in inference["ceiling"].values())
+        lines += [f"Inference, {ours['pictures']} pictures of {ours['size']} (resized to 800 px), model {ours['config']}:", "",
+                  "| pipeline | images/s | vs DefaultPredictor | of the ceiling | same detections |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        for name, v in inference["ceiling"].items():
+            lines.append(f"| ceiling: forward pass, {name}, fp16, channels-last, inputs on the GPU | {v['images_s']:.1f} | "
+                         f"x{v['images_s'] / ours['images_s']['default_predictor']:.2f} | {100 * v['images_s'] / best:.0f}% | - |")
+        for name, v in ours["images_s"].items():
+            same = ours["same_detections"].get(name)
+            lines.append(f"| {'detectron2 DefaultPredictor' if name == 'default_predictor' else 'd2nb ' + name} | {v:.1f} | "
+                         f"x{ours['vs_default_predictor'][name]:.2f} | {100 * v / best:.0f}% | "
+                         f"{'-' if same is None or name == 'default_predictor' else f'{100 * same:.1f}%'} |")
+        lines.append("")
+    training = data.get("training")
+    if training:
+        c = training["ceiling"]
+        lines += [f"Training, {c['config']}, {c['ims_per_batch']} images/batch of {c['size']}:", "",
+                  "| pipeline | images/s | of the ceiling |", "| --- | ---: | ---: |",
+                  f"| ceiling: the step with its batch on the GPU (AMP, bitmask targets) | {c['images_s']:.1f} | 100% |"]
+        for name, v in training.get("pipelines", {}).items():
+            label = "detectron2 DefaultTrainer (fp32)" if name == "baseline" else f"d2nb {name}"
+            lines.append(f"| {label} | {v:.1f} | {100 * v / c['images_s']:.0f}% |")
+        lines.append("")
+    return lines
+
+
+def export_section(path: Path, data: dict) -> list:
+    m = data["machine"]
+    lines = [f"## Export latency: {path.name}", "",
+             f"CPU {m['cpu']}" + (f", GPU {m['gpu']}" if m.get("gpu") else "") + f", torch {m['torch']}, {m['date']}; "
+             f"{data['pictures']} pictures of {data['size']}, one at a time, pre- and post-processing included.", "",
+             f"Command: `{data['command']}`", "", "| device | runtime | ms per picture | vs PyTorch | check |",
+             "| --- | --- | ---: | ---: | --- |"]
+    for where in ("cpu", "cuda"):
+        rows = data.get(where, {})
+        reference = next(iter(rows.values()), {}).get("ms_per_picture")
+        for name, row in rows.items():
+            ms = row["ms_per_picture"]
+            ratio = f"x{reference / ms:.2f} faster" if ms and reference else "-"
+            lines.append(f"| {where} | {name} | {'-' if ms is None else f'{ms:.1f}'} | {ratio} | {row.get('verdict') or 'reference'} |")
+    return lines + [""]
+
+
+def tiling_section(path: Path, data: dict) -> list:
+    lines = [f"## Tiled inference: {path.name}", "",
+             f"{data['device']}, torch {data['torch']}; {data['pictures']} pictures of {data['size']} px from the large "
+             "synthetic split (shapes of 10-40 px), the CPU recipe's checkpoint.", "",
+             f"Command: `python benchmarks/bench_tiling.py --run RUN --device {'cuda' if 'H' in data['device'] else 'cpu'} "
+             f"--images {data['pictures']}`", "",
+             "| way | s per picture | pictures/s | vs whole | AP | AP small | recall at 0.5 | detections |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in data["rows"].items():
+        lines.append(f"| {name} | {r['s_per_picture']} | {r['pictures_per_s']} | x{r['speed_vs_whole']} | {r['AP']} | "
+                     f"{r['AP_small']} | {r['recall_at_0.5']} | {r['detections']} |")
+    return lines + [""]
+
+
+def validation_loss_section(path: Path, data: dict) -> list:
+    lines = [f"## Validation-loss overhead: {path.name}", "",
+             f"{data['device']['name']}, torch {data['device']['torch']}, {data['device']['date']}; {data['config']}, "
+             f"{data['iters']} iterations, synthetic {data['size']}, val_loss_period None (ten points a run) against 0.", "",
+             f"Command: `{data['command']}`", "", "| repeat | without (s) | with (s) | ratio | hook share of the run |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for n, r in enumerate(data["repeats"]):
+        lines.append(f"| {n} | {r['without']['train_seconds']:.1f} | {r['with']['train_seconds']:.1f} | x{r['ratio']:.3f} | "
+                     f"{100 * r['hook_share']:.1f}% |")
+    return lines + ["", f"{data['target']}: {_met(data['met'])} (median ratio x{data['median_ratio']:.3f}, hook "
+                        f"{100 * data['median_hook_share']:.1f}%).", ""]
+
+
+SECTIONS = (("train", train_section), ("inference", inference_section), ("cocoeval", cocoeval_section),
+            ("install", install_section), ("ceiling", ceiling_section), ("export", export_section),
+            ("tiling", tiling_section), ("validation_loss", validation_loss_section))  # file name prefix -> section
+
+
 def main() -> None:
     lines = ["# Benchmark results", "",
              "Regenerate with `python benchmarks/report.py` after running the benchmarks that write",
              "`benchmarks/results/*.json` (each section names its command).", ""]
     for path in sorted((HERE / "results").glob("*.json")):
         data = json.loads(path.read_text())
-        if path.name.startswith("train"):
-            lines += train_section(path, data)
-        elif path.name.startswith("inference"):
-            lines += inference_section(path, data)
-        elif path.name.startswith("cocoeval"):
-            lines += cocoeval_section(path, data)
-        elif path.name.startswith("install"):
-            lines += install_section(path, data)
+        section = next((write for prefix, write in SECTIONS if path.name.startswith(prefix)), None)
+        if section:
+            lines += section(path, data)
     notes = HERE / "results" / "NOTES.md"  # the hand-written reading of the numbers
     text = "\n".join(lines) + "\n" + (notes.read_text() if notes.exists() else "")
     (HERE / "RESULTS.md").write_text(text)

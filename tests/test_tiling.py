@@ -47,7 +47,7 @@ def test_a_shape_cut_by_a_tile_border_is_found_once_with_its_whole_box_and_mask(
         (part([[0, 10, 30, 50], [90, 60, 100, 90], [35, 20, 50, 40]], [0.8, 0.7, 0.6], [0, 1, 1]), 50, 0),
         (part([[40, 60, 90, 90]], [0.95], [1]), 100, 0),
     ]
-    merged = merge_parts(picture, parts)
+    merged = merge_parts(picture, parts, merge="greedy")
     order = np.argsort(-merged.scores)
     assert merged.boxes[order].tolist() == [[140, 60, 190, 90], [40, 10, 80, 50], [85, 20, 100, 40]]
     assert merged.classes[order].tolist() == [1, 0, 1]
@@ -56,7 +56,7 @@ def test_a_shape_cut_by_a_tile_border_is_found_once_with_its_whole_box_and_mask(
     square = merged.full_mask(int(order[0]))
     assert square.sum() == 50 * 30 and square[60:90, 140:190].all()
 
-    nms = merge_parts(picture, parts, merge="nms")
+    nms = merge_parts(picture, parts)  # the default: the best detection of each group, the others dropped
     assert len(nms) == 3 and sorted(nms.scores.tolist()) == pytest.approx([0.6, 0.9, 0.95])
 
 

@@ -12,8 +12,11 @@ one object that several tiles saw:
 Merging is greedy by score within each class: the best remaining detection takes every other
 whose box overlaps it by ``match_threshold`` of the smaller box (intersection over smaller,
 ``"ios"``: a shape cut by a tile border is a small box inside the whole one) or of the union
-(``"iou"``); with ``merge="greedy"`` the group becomes one detection (union of boxes and masks,
-the best score), with ``merge="nms"`` the others are dropped.
+(``"iou"``); with ``merge="nms"`` (the default) the leader stays and the others are dropped,
+with ``merge="greedy"`` the group becomes one detection (union of boxes and masks, the best
+score: SAHI's default). Measured on the large synthetic split (CPU recipe, tiles of 128 px,
+overlap 0.35), the union lets a large, confident box from the whole-picture pass swallow the
+small shapes inside it: bbox AP 15.6 against 46.4 for ``nms``.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ def _suggest(height: int, width: int) -> int:
 
 def predict_tiled(predictor, images, tile: int, overlap: float = DEFAULT_OVERLAP, batch_size: int = 4,
                   progress: bool = True, whole_picture: bool = True, match_threshold: float = MATCH_THRESHOLD,
-                  metric: str = "ios", merge: str = "greedy") -> list:
+                  metric: str = "ios", merge: str = "nms") -> list:
     """One merged ``Prediction`` per picture that loaded (as ``Predictor.predict`` returns),
     from its tiles run in batches of ``batch_size`` (and the whole picture, downscaled by the
     model as usual, when ``whole_picture``)."""
@@ -119,7 +122,7 @@ def _check_merge(metric: str, merge: str, match_threshold: float) -> None:
 
 
 def merge_parts(item, parts: list, match_threshold: float = MATCH_THRESHOLD, metric: str = "ios",
-                merge: str = "greedy"):
+                merge: str = "nms"):
     """One ``Prediction`` for the picture ``item`` (a ``LoadedImage``) from ``[(tile
     prediction, x0, y0)]``: detections moved to picture pixels, then merged by class."""
     if not parts:
