@@ -179,7 +179,7 @@ def tiling_section(path: Path, data: dict) -> list:
     lines = [f"## Tiled inference: {path.name}", "",
              f"{data['device']}, torch {data['torch']}; {data['pictures']} pictures of {data['size']} px from the large "
              "synthetic split (shapes of 10-40 px), the CPU recipe's checkpoint.", "",
-             f"Command: `python benchmarks/bench_tiling.py --run RUN --device {"cuda" if "NVIDIA" in data["device"] else "cpu"} "
+             f"Command: `python benchmarks/bench_tiling.py --run RUN --device {'cuda' if 'NVIDIA' in data['device'] else 'cpu'} "
              f"--images {data['pictures']}`", "",
              "| way | s per picture | pictures/s | vs whole | AP | AP small | recall at 0.5 | detections |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
