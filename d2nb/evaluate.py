@@ -290,7 +290,7 @@ def _load_weights(model, weights: str, class_names) -> None:
     checkpointer = Checkpointer(model)
     from d2nb.weights import local_weights
 
-    checkpointer.load(local_weights(weights), checkpointables=[], source=weights)  # a URL: a message when offline
+    checkpointer.load(local_weights(weights, training=False), checkpointables=[], source=weights)  # a URL: a message when offline
     incompatible = getattr(checkpointer, "incompatible", None)
     wrong = [(key, tuple(saved)) for key, saved, _ in getattr(incompatible, "incorrect_shapes", [])
              if "cls_score" in key or "predictor" in key]

@@ -16,12 +16,15 @@ from d2nb.errors import D2nbError
 
 DOWNLOAD_TIMEOUT_S = 15  # per socket operation: an unreachable host fails fast, a slow download still runs
 OFFLINE_FIX = "connect to the internet, pass weights='none' to train from scratch, or a local .pth path"
+OFFLINE_FIX_PREDICT = ("connect to the internet, or pass a local .pth path as weights (weights= in 01, 04 and 05; "
+                       "--weights on the command line)")
 
 
-def local_weights(weights: str, config_name: str | None = None) -> str:
+def local_weights(weights: str, config_name: str | None = None, training: bool = True) -> str:
     """A local path for ``weights``, downloading a URL into detectron2's cache first.
 
-    ``config_name`` (the model-zoo config the URL belongs to) only words the error. Raises
+    ``config_name`` (the model-zoo config the URL belongs to) and ``training`` (False for
+    inference and evaluation, where random weights are no way out) only word the error. Raises
     ``D2nbError`` for a missing file or a download that fails.
     """
     if "://" not in weights:
@@ -37,7 +40,7 @@ def local_weights(weights: str, config_name: str | None = None) -> str:
     except Exception as error:  # iopath raises whatever urllib raised
         reason = getattr(error, "reason", None) or error
         what = f"the model-zoo checkpoint for {config_name}" if config_name else f"the checkpoint {weights!r}"
-        raise D2nbError(f"could not download {what} ({reason})", OFFLINE_FIX) from None
+        raise D2nbError(f"could not download {what} ({reason})", OFFLINE_FIX if training else OFFLINE_FIX_PREDICT) from None
     finally:
         socket.setdefaulttimeout(previous)
 

@@ -45,7 +45,7 @@ def build_yaml(choice, device: str, opts):
         cfg.MODEL.RESNETS.NORM = "BN"  # random FrozenBN statistics overflow; only for weights='none'
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        AtomicCheckpointer(model).load(local_weights(cfg.MODEL.WEIGHTS), source=cfg.MODEL.WEIGHTS)
+        AtomicCheckpointer(model).load(local_weights(cfg.MODEL.WEIGHTS, training=False), source=cfg.MODEL.WEIGHTS)
     return yaml_parts(cfg, model)
 
 
@@ -69,7 +69,7 @@ def build_lazy(choice, device: str, opts):
     cfg = LazyConfig.apply_overrides(cfg, list(opts or []))
     model = instantiate(cfg.model).to(device).eval()
     if choice.weights:
-        AtomicCheckpointer(model).load(local_weights(choice.weights), source=choice.weights)
+        AtomicCheckpointer(model).load(local_weights(choice.weights, training=False), source=choice.weights)
     mapper = cfg.dataloader.test.mapper
     resize = next((a for a in instantiate(mapper.augmentations) if isinstance(a, T.ResizeShortestEdge)),
                   T.ResizeShortestEdge([800, 800], 1333))
