@@ -95,7 +95,8 @@ def killed_run(colab):
 def test_the_killed_run_left_a_complete_time_based_checkpoint_on_drive(colab, killed_run):
     output_dir = colab["output_dir"]
     assert f"Saved {killed_run['checkpoint']} (0.05 minutes since the last checkpoint)" in killed_run["log"]
-    assert 0 < killed_run["iteration"] < MAX_ITER - 1 and not (output_dir / "model_final.pth").exists()
+    # on a loaded machine the first step alone may take the 3 seconds: iteration 0 is a fair checkpoint too
+    assert 0 <= killed_run["iteration"] < MAX_ITER - 1 and not (output_dir / "model_final.pth").exists()
     assert (colab["drive"] / MOUNTS_LOG).read_text().count("mounted") == 1  # d2nb mounted Drive, once
     # the datasets stay on the local disk: nothing of them under the output_dir on Drive
     assert not [p for p in output_dir.rglob("*") if p.suffix in (".png", ".jpg")] or \
