@@ -77,7 +77,12 @@ def killed_run(colab):
         try:
             deadline = time.monotonic() + 300
             last = output_dir / "last_checkpoint"
-            while not (last.is_file() and last.read_text().endswith("_timed.pth")):
+            def saved() -> bool:  # last_checkpoint names it, and the line saying so is written (after it)
+                if not (last.is_file() and last.read_text().endswith("_timed.pth")):
+                    return False
+                return f"Saved {last.read_text()} (" in log_path.read_text()
+
+            while not saved():
                 assert process.poll() is None, f"training ended before a time-based checkpoint:\n" \
                                                f"{log_path.read_text()[-3000:]}"
                 assert time.monotonic() < deadline, "no time-based checkpoint in 300 s"
