@@ -202,12 +202,13 @@ def _score(model, loader, name: str, cfg, kind: str, progress: bool) -> tuple:
     ``OUTPUT_DIR/inference`` (``inference_<kind>``)."""
     from detectron2.evaluation import COCOEvaluator, inference_on_dataset
 
+    from d2nb.train.output import prints_to_log
+
     folder = f"inference_{kind}" if kind else "inference"
     evaluator = COCOEvaluator(name, output_dir=str(Path(cfg.OUTPUT_DIR, folder)), use_fast_impl=False,
                               kpt_oks_sigmas=cfg.TEST.KEYPOINT_OKS_SIGMAS)
-    with _TableCapture() as captured, contextlib.redirect_stdout(io.StringIO()) as printed:
+    with _TableCapture() as captured, prints_to_log(True):  # pycocotools' summary to log.txt: the tables say it
         metrics = inference_on_dataset(model, _progress(loader, progress, kind), evaluator)
-    logger.debug(f"pycocotools' summary ({folder}):\n" + printed.getvalue())  # log.txt only: the tables say it
     return json.loads(json.dumps(metrics, default=float)), captured.tables
 
 
