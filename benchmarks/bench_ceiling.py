@@ -157,6 +157,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--batches", default="8,16")
     parser.add_argument("--batch", type=int, default=8, help="d2nb's batch size")
+    parser.add_argument("--amp-batches", default="16", help="d2nb with AMP at these batch sizes too")
+    parser.add_argument("--cpu-resize", action="store_true", help="also d2nb resizing on the CPU, as before")
+    parser.add_argument("--no-graphs", action="store_true", help="also d2nb AMP without CUDA graphs")
     parser.add_argument("--passes", type=int, default=5)
     parser.add_argument("--train-ims", type=int, default=16)
     parser.add_argument("--train-iters", type=int, default=50)
@@ -178,7 +181,8 @@ def main(argv=None) -> dict:
         del predictor
         ours = bench_inference.bench_predict(argparse.Namespace(
             size=args.size, images=args.images, weights=args.weights, config=args.config, device=DEVICE,
-            score_floor=0.05, batch=args.batch, threshold=0.5, passes=args.passes, dump=None, profile=False, top=0))
+            score_floor=0.05, batch=args.batch, threshold=0.5, passes=args.passes, dump=None, profile=False, top=0,
+            amp_batches=args.amp_batches, cpu_resize=args.cpu_resize, no_graphs=args.no_graphs))
         best = max(v["images_s"] for v in ceiling.values())
         data["inference"] = {"ceiling": ceiling, "pipelines": ours,
                              "vs_ceiling": {name: v / best for name, v in ours["images_s"].items()}}

@@ -121,6 +121,20 @@ def bench_predict(args) -> dict:
         amp = Predictor(args.config, weights, device=args.device, amp=True, score_floor=args.score_floor)
         variants[f"batch{args.batch}_amp"] = (amp, args.batch, False)
         variants[f"batch{args.batch}_autocast"] = (predictor, args.batch, True)
+        for batch in [int(b) for b in str(getattr(args, "amp_batches", "") or "").split(",") if b]:  # other sizes
+            variants[f"batch{batch}"] = (predictor, batch, False)
+            variants[f"batch{batch}_amp"] = (amp, batch, False)
+        if getattr(args, "no_graphs", False):  # AMP without the backbone's CUDA graphs
+            torch.manual_seed(0)
+            eager = Predictor(args.config, weights, device=args.device, amp=True, score_floor=args.score_floor)
+            eager.model.backbone.cuda_graphs = False
+            for batch in sorted({args.batch, *[int(b) for b in str(getattr(args, "amp_batches", "") or "").split(",") if b]}):
+                variants[f"batch{batch}_amp_no_graphs"] = (eager, batch, False)
+        if getattr(args, "cpu_resize", False):  # d2nb as it was: pictures resized on the CPU
+            torch.manual_seed(0)
+            before = Predictor(args.config, weights, device=args.device, amp=True, score_floor=args.score_floor)
+            before._resize_on_gpu = False
+            variants[f"batch{args.batch}_amp_cpu_resize"] = (before, args.batch, False)
     torch.manual_seed(0)
     baseline = DefaultPredictor(_detectron2_cfg(predictor, args.threshold))
 
@@ -260,6 +274,9 @@ def main(argv=None) -> int:
                         help="DefaultPredictor's SCORE_THRESH_TEST, as demo.py's --confidence-threshold (default "
                              "0.5); its instances are matched against all of d2nb's (score floor and above)")
     parser.add_argument("--passes", type=int, default=3, help="timed passes over the pictures; the median counts")
+    parser.add_argument("--amp-batches", default="", help="also AMP at these batch sizes, e.g. 16,32")
+    parser.add_argument("--cpu-resize", action="store_true", help="also AMP with the pictures resized on the CPU")
+    parser.add_argument("--no-graphs", action="store_true", help="also AMP without the backbone's CUDA graphs")
     parser.add_argument("--profile", action="store_true", help="also profile one pass of the batched (AMP) predictor")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--dump", default=None, help="write every predictor's detections (json) here")

@@ -1,5 +1,6 @@
 """How ``Predictor.predict`` feeds the model: pictures checked and keyed, resized ahead in
-threads, and batches run in order, several at once on a GPU, each in its own CUDA stream.
+threads (on a GPU: copied there as they are and resized there, ``resize_on_gpu``), and batches
+run in order, several at once on a GPU, each in its own CUDA stream.
 
 While one batch waits for the GPU (detectron2's post-processing synchronises often), the
 next runs its Python; ``run_batches`` still hands the results back in order.
@@ -28,26 +29,50 @@ def resize_pool():
     return _POOL
 
 
+def gpu_resizes(resize) -> bool:
+    """Whether ``resize_on_gpu`` does what ``resize`` (a detectron2 ``ResizeShortestEdge`` of a
+    test config: one size) does: bilinear, as every detectron2 config has it."""
+    from PIL import Image
+
+    sizes = set(resize.short_edge_length)
+    return len(sizes) == 1 and getattr(resize, "interp", Image.BILINEAR) == Image.BILINEAR
+
+
+def resize_on_gpu(image, resize):
+    """A CxHxW uint8 tensor (on the GPU) resized as detectron2's ``ResizeShortestEdge`` ``resize``
+    does it with PIL (bilinear, antialiased when shrinking, rounded to whole levels), as float:
+    the same pixels within one level (PIL's fixed-point weights), without the CPU's work, the
+    larger share of a batch's time on a GPU (benchmarks/profile_inference.py)."""
+    import torch.nn.functional as F
+    from detectron2.data import transforms as T
+
+    height, width = image.shape[1:]
+    short = resize.short_edge_length[0]
+    size = T.ResizeShortestEdge.get_output_shape(height, width, short, resize.max_size) if short else (height, width)
+    if tuple(size) == (height, width):
+        return image.float()
+    resized = F.interpolate(image[None].float(), size=tuple(size), mode="bilinear", align_corners=False,
+                            antialias=True)[0]
+    return resized.round_().clamp_(0, 255)
+
+
 def run_batches(run, count: int, in_flight: int, device: str):
     """``run(0)``, ``run(1)``... in order; with ``in_flight`` > 1, that many at once, each
     worker thread in its own CUDA stream when ``device`` is a GPU."""
     if in_flight == 1:
         yield from (run(n) for n in range(count))
         return
-    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
 
-    local = threading.local()
     device = torch.device(device)
+    streams = _streams(device, in_flight) if device.type == "cuda" else None
 
-    def in_stream(n):
-        if device.type != "cuda":
+    def in_stream(n):  # batches n and n + in_flight never run at once: they share a stream
+        if streams is None:
             return run(n)
-        if not hasattr(local, "stream"):
-            local.stream = torch.cuda.Stream(device=device)
-        with torch.cuda.stream(local.stream):
+        with torch.cuda.stream(streams[n % in_flight]):
             return run(n)
 
     with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="d2nb-batch") as workers:
@@ -57,6 +82,20 @@ def run_batches(run, count: int, in_flight: int, device: str):
             if n + in_flight < count:
                 futures[n + in_flight] = workers.submit(in_stream, n + in_flight)
             yield predictions
+
+
+_STREAMS = {}
+
+
+def _streams(device, count: int) -> list:
+    """``count`` CUDA streams of ``device``, the same from call to call (the backbone's CUDA
+    graphs are kept per stream)."""
+    import torch
+
+    found = _STREAMS.setdefault(str(device), [])
+    while len(found) < count:
+        found.append(torch.cuda.Stream(device=device))
+    return found[:count]
 
 
 def as_loaded(image, index: int) -> LoadedImage:

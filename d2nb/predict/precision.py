@@ -8,8 +8,13 @@ Autocast would re-cast every weight on every call and run the heads in float16 t
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
+
 import torch
 from torch import nn
+
+logger = logging.getLogger("d2nb.predict")
 
 
 def fold_norms(module: nn.Module) -> int:
@@ -36,12 +41,26 @@ def fold_norms(module: nn.Module) -> int:
 
 
 class HalfPrecisionBackbone(nn.Module):
-    """A detectron2 backbone run in float16 (channels-last) that hands float32 features on."""
+    """A detectron2 backbone run in float16 (channels-last) that hands float32 features on.
 
-    def __init__(self, backbone, channels_last: bool = True):
+    With ``cuda_graphs`` (``Predictor(amp=True)`` on a GPU, without test-time augmentation),
+    each input shape met on a CUDA stream is captured once as a CUDA graph and replayed after:
+    the backbone's hundred-odd kernels are launched by one call instead of one Python call
+    each (launching them took longer than running them: ``benchmarks/profile_inference.py``).
+    At most ``MAX_GRAPHS`` are kept (pictures of many sizes run as before past that); the
+    features a replay returns are the graph's own tensors, valid until the next replay on the
+    same stream, which the predictor's batches never overlap. A capture that fails turns the
+    graphs off, with a warning, and the backbone runs as before.
+    """
+
+    MAX_GRAPHS = 4
+
+    def __init__(self, backbone, channels_last: bool = True, cuda_graphs: bool = False):
         super().__init__()
         self.body = backbone
         self.channels_last = channels_last
+        self.cuda_graphs = cuda_graphs
+        self._graphs = {}  # (stream, shape): (graph, its input, its outputs)
 
     @property
     def size_divisibility(self):
@@ -55,19 +74,74 @@ class HalfPrecisionBackbone(nn.Module):
         return self.body.output_shape()
 
     def forward(self, images):
+        if self.cuda_graphs and images.is_cuda and not torch.is_grad_enabled():
+            features = self._replay(images)
+            if features is not None:
+                return features
+        return self._run(images)
+
+    def _run(self, images):
         images = images.half()
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return {name: feature.float().contiguous() for name, feature in self.body(images).items()}
 
+    def _replay(self, images):
+        stream = torch.cuda.current_stream(images.device)
+        key = (stream.cuda_stream, tuple(images.shape), images.dtype)
+        entry = self._graphs.get(key)
+        if entry is None:
+            if len(self._graphs) >= self.MAX_GRAPHS:
+                return None
+            entry = self._capture(images, stream)
+            if entry is None:
+                return None
+            self._graphs[key] = entry
+        graph, static_input, static_features = entry
+        static_input.copy_(images)
+        graph.replay()
+        return dict(static_features)
 
-def half_precision_backbone(model: nn.Module, channels_last: bool = True) -> nn.Module:
+    def _capture(self, images, stream):
+        try:
+            static_input = images.clone()
+            self._run(static_input)  # warm-up on this stream: cuDNN chooses its kernels
+            graph = torch.cuda.CUDAGraph()
+            capture = torch.cuda.Stream(images.device)
+            capture.wait_stream(stream)
+            # thread_local: the predictor's other batch thread may synchronise meanwhile
+            with torch.cuda.graph(graph, stream=capture, capture_error_mode="thread_local"):
+                static_features = self._run(static_input)
+            stream.wait_stream(capture)
+            return graph, static_input, static_features
+        except RuntimeError as error:
+            logger.warning("the backbone could not be captured as a CUDA graph (%s); it runs without", error)
+            self.cuda_graphs = False
+            self._graphs.clear()
+            return None
+
+
+@contextmanager
+def tf32_matmul(enabled: bool):
+    """TF32 matrix products (the heads' linear layers; cuDNN's convolutions use TF32 already)
+    while the block runs, when ``enabled`` (``Predictor(amp=True)``); the setting is put back."""
+    before = torch.backends.cuda.matmul.allow_tf32
+    if enabled:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def half_precision_backbone(model: nn.Module, channels_last: bool = True, cuda_graphs: bool = False) -> nn.Module:
     """Put ``model.backbone`` (an eval-mode detectron2 model's) into float16 as described
-    above; the model is changed in place and returned."""
+    above (``cuda_graphs``: see ``HalfPrecisionBackbone``); the model is changed in place and
+    returned."""
     backbone = model.backbone
     fold_norms(backbone)
     backbone.half()
     if channels_last:
         backbone.to(memory_format=torch.channels_last)
-    model.backbone = HalfPrecisionBackbone(backbone, channels_last)
+    model.backbone = HalfPrecisionBackbone(backbone, channels_last, cuda_graphs)
     return model

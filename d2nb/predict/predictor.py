@@ -17,10 +17,11 @@ import numpy as np
 
 from d2nb import zoo
 from d2nb.errors import D2nbError
-from d2nb.predict.batching import as_loaded, image_key, progress_bar, resize_pool, run_batches
+from d2nb.predict.batching import (as_loaded, gpu_resizes, image_key, progress_bar, resize_on_gpu, resize_pool,
+                                   run_batches)
 from d2nb.predict.model import build_lazy, build_yaml, class_labels, model_num_classes
 from d2nb.predict.postprocess import pastes_masks, scaled_keeping_mask_probs, to_predictions
-from d2nb.predict.precision import half_precision_backbone
+from d2nb.predict.precision import half_precision_backbone, tf32_matmul
 from d2nb.predict.tiling import DEFAULT_OVERLAP, predict_tiled, tiling_on
 
 SCORE_FLOOR = 0.05
@@ -83,8 +84,9 @@ class Predictor:
         # models without a detectron2 backbone (see d2nb.predict.precision)
         self._autocast = self.amp and not hasattr(self.model, "backbone")
         if self.amp and not self._autocast:
-            half_precision_backbone(self.model)
+            half_precision_backbone(self.model, cuda_graphs=self._tta is None)
         self._masks_in_boxes = pastes_masks(self.model)
+        self._resize_on_gpu = self.device.startswith("cuda") and gpu_resizes(self.resize)
         self._cache = OrderedDict()
         self.batches_in_flight = GPU_BATCHES_IN_FLIGHT if self.device.startswith("cuda") else 1
         self._ahead = {}  # id(picture): its resizing, started while the batch before it runs
@@ -157,12 +159,13 @@ class Predictor:
         try:
             for n in range(in_flight + 1):
                 resize_ahead(n)
-            for n, predictions in enumerate(run_batches(run, len(batches), in_flight, self.device)):
-                resize_ahead(n + in_flight + 1)
-                for index, prediction in zip(batches[n], predictions):
-                    found[keys[index]] = prediction
-                    self._remember(keys[index], prediction)
-                bar.update(len(batches[n]))
+            with tf32_matmul(self.amp):  # set here, once, for every batch thread
+                for n, predictions in enumerate(run_batches(run, len(batches), in_flight, self.device)):
+                    resize_ahead(n + in_flight + 1)
+                    for index, prediction in zip(batches[n], predictions):
+                        found[keys[index]] = prediction
+                        self._remember(keys[index], prediction)
+                    bar.update(len(batches[n]))
         finally:
             self._ahead = {}
         bar.close()
@@ -180,8 +183,8 @@ class Predictor:
         with torch.inference_mode():
             ahead = [self._ahead.pop(id(image), None) for image in images]
             pixels = [job.result() if job else self._input_tensor(image) for job, image in zip(ahead, images)]
-            inputs = [{"image": t.to(self.device, non_blocking=True).permute(2, 0, 1).float(),
-                       "height": image.shape[0], "width": image.shape[1]} for t, image in zip(pixels, images)]
+            inputs = [{"image": self._on_device(t), "height": image.shape[0], "width": image.shape[1]}
+                      for t, image in zip(pixels, images)]
             with torch.autocast("cuda", enabled=self._autocast):
                 if not self._masks_in_boxes:
                     return self.model(inputs)
@@ -205,10 +208,14 @@ class Predictor:
     def _input_tensor(self, image: np.ndarray):
         """The picture as the model takes it (HxWxC uint8 tensor, the config's colour order),
         resized as ``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST`` say with detectron2's own transform,
-        so that the model sees exactly the pixels that ``DefaultPredictor`` and demo.py give it;
-        in pinned memory for a GPU, so that its copy there does not wait."""
+        so that the model sees exactly the pixels that ``DefaultPredictor`` and demo.py give it.
+        On a GPU: the picture as it is, in pinned memory (its copy there does not wait), for
+        ``_on_device`` to resize there (``resize_on_gpu``: the same pixels within one level)."""
         import torch
 
+        if self._resize_on_gpu:
+            tensor = torch.from_numpy(np.require(image, requirements="W"))
+            return tensor.pin_memory() if self.device.startswith("cuda") else tensor
         if self.input_format == "BGR":
             image = image[:, :, ::-1]
         image = np.ascontiguousarray(image)
@@ -217,6 +224,13 @@ class Predictor:
         # PIL's pictures are read-only arrays, which torch.from_numpy warns about
         tensor = torch.from_numpy(np.require(image, requirements="W"))
         return tensor.pin_memory() if self.device.startswith("cuda") else tensor
+
+    def _on_device(self, pixels):
+        """``_input_tensor``'s pixels as the model's CxHxW float input, on its device."""
+        tensor = pixels.to(self.device, non_blocking=True).permute(2, 0, 1)
+        if not self._resize_on_gpu:
+            return tensor.float()
+        return resize_on_gpu(tensor.flip(0) if self.input_format == "BGR" else tensor, self.resize)
 
     def _remember(self, key, prediction) -> None:
         self._cache[key] = prediction
