@@ -135,6 +135,8 @@ def main(argv=None) -> dict:
     piped = pipeline(predictor, pictures, args.batch, args.passes)
     print(f"Predictor.predict: {piped['images_s']:.1f} images/s {piped['every_pass']}, GPU busy {piped['gpu_busy']}")
     data = {"command": "python benchmarks/profile_inference.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "machine": {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+                        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")},
             "stages_ms_per_batch": stages, "pipeline": piped, "batch": args.batch, "amp": args.amp,
             "tf32": args.tf32, "resize_on_gpu": predictor._resize_on_gpu}
     if args.out:

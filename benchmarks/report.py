@@ -141,8 +141,10 @@ def ceiling_section(path: Path, data: dict) -> list:
                          f"x{v['images_s'] / ours['images_s']['default_predictor']:.2f} | {100 * v['images_s'] / best:.0f}% | - |")
         for name, v in ours["images_s"].items():
             same = ours["same_detections"].get(name)
+            own = inference["ceiling"].get(name.split("_")[0])  # the ceiling at the same batch size
             lines.append(f"| {'detectron2 DefaultPredictor' if name == 'default_predictor' else 'd2nb ' + name} | {v:.1f} | "
-                         f"x{ours['vs_default_predictor'][name]:.2f} | {100 * v / best:.0f}% | "
+                         f"x{ours['vs_default_predictor'][name]:.2f} | {100 * v / best:.0f}%"
+                         + (f" ({100 * v / own['images_s']:.0f}% of its batch's)" if own else "") + " | "
                          f"{'-' if same is None or name == 'default_predictor' else f'{100 * same:.1f}%'} |")
         lines.append("")
     training = data.get("training")
@@ -202,9 +204,28 @@ def validation_loss_section(path: Path, data: dict) -> list:
                         f"{100 * data['median_hook_share']:.1f}%).", ""]
 
 
+def profile_inference_section(path: Path, data: dict) -> list:
+    m = data.get("machine", {})
+    stages = data["stages_ms_per_batch"]
+    total = sum(stages.values())
+    busy = data["pipeline"].get("gpu_busy") or {}
+    lines = [f"## Inference profile: {path.name}", "", f"{m.get('gpu', '?')}, torch {m.get('torch', '?')}, {m.get('date', '?')}; "
+             f"batch {data['batch']}, AMP {data['amp']}, TF32 {data['tf32']}, resized on the GPU {data.get('resize_on_gpu')}.", "",
+             f"Command: `{data['command']}`", "", "Each stage alone, the GPU synchronised after it (median over the batches):", "",
+             "| stage | ms per batch | ms per picture | share |", "| --- | ---: | ---: | ---: |"]
+    for name, ms in stages.items():
+        lines.append(f"| {name} | {ms:.1f} | {ms / data['batch']:.2f} | {100 * ms / total:.0f}% |")
+    lines += ["", f"One stage at a time: {1000 * data['batch'] / total:.1f} images/s; `Predictor.predict` (two batches in "
+                  f"flight): {data['pipeline']['images_s']:.1f} images/s"
+              + (f", the GPU busy {100 * busy['share']:.0f}% of its time ({busy['kernel_ms']:.0f} ms of kernels in "
+                 f"{busy['wall_ms']:.0f} ms)." if busy else "."), ""]
+    return lines
+
+
 SECTIONS = (("train", train_section), ("inference", inference_section), ("cocoeval", cocoeval_section),
             ("install", install_section), ("ceiling", ceiling_section), ("export", export_section),
-            ("tiling", tiling_section), ("validation_loss", validation_loss_section))  # file name prefix -> section
+            ("tiling", tiling_section), ("validation_loss", validation_loss_section),
+            ("profile_inference", profile_inference_section))  # file name prefix -> section
 
 
 def main() -> None:
