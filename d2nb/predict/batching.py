@@ -59,15 +59,21 @@ def resize_on_gpu(image, resize):
 def run_batches(run, count: int, in_flight: int, device: str):
     """``run(0)``, ``run(1)``... in order; with ``in_flight`` > 1, that many at once, each
     worker thread in its own CUDA stream when ``device`` is a GPU."""
-    if in_flight == 1:
-        yield from (run(n) for n in range(count))
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
     import torch
 
     device = torch.device(device)
     streams = _streams(device, in_flight) if device.type == "cuda" else None
+    if in_flight == 1:  # on a GPU in a stream of d2nb's own too: the backbone's graphs need one
+        for n in range(count):
+            if streams is None:
+                yield run(n)
+                continue
+            streams[0].wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(streams[0]):
+                found = run(n)
+            yield found
+        return
+    from concurrent.futures import ThreadPoolExecutor
 
     def in_stream(n):  # batches n and n + in_flight never run at once: they share a stream
         if streams is None:

@@ -44,7 +44,8 @@ class HalfPrecisionBackbone(nn.Module):
     """A detectron2 backbone run in float16 (channels-last) that hands float32 features on.
 
     With ``cuda_graphs`` (``Predictor(amp=True)`` on a GPU, without test-time augmentation),
-    each input shape met on a CUDA stream is captured once as a CUDA graph and replayed after:
+    each input shape met on a CUDA stream other than the default one (the predictor runs its
+    batches in streams of its own) is captured once as a CUDA graph and replayed after:
     the backbone's hundred-odd kernels are launched by one call instead of one Python call
     each (launching them took longer than running them: ``benchmarks/profile_inference.py``).
     At most ``MAX_GRAPHS`` are kept (pictures of many sizes run as before past that); the
@@ -88,6 +89,8 @@ class HalfPrecisionBackbone(nn.Module):
 
     def _replay(self, images):
         stream = torch.cuda.current_stream(images.device)
+        if stream == torch.cuda.default_stream(images.device):
+            return None  # CUDA refuses captures beside the default stream: run as before
         key = (stream.cuda_stream, tuple(images.shape), images.dtype)
         entry = self._graphs.get(key)
         if entry is None:
