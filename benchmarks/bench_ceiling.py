@@ -159,7 +159,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch", type=int, default=8, help="d2nb's batch size")
     parser.add_argument("--amp-batches", default="16", help="d2nb with AMP at these batch sizes too")
     parser.add_argument("--cpu-resize", action="store_true", help="also d2nb resizing on the CPU, as before")
-    parser.add_argument("--no-graphs", action="store_true", help="also d2nb AMP without CUDA graphs")
+    parser.add_argument("--no-graphs", action="store_true", help="also d2nb (float32 and AMP) without CUDA graphs")
     parser.add_argument("--passes", type=int, default=5)
     parser.add_argument("--train-ims", type=int, default=16)
     parser.add_argument("--train-iters", type=int, default=50)
@@ -175,7 +175,7 @@ def main(argv=None) -> dict:
             "machine": {"gpu": torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu", "torch": torch.__version__, "cuda": torch.version.cuda,
                         "detectron2": detectron2.__version__, "date": time.strftime("%Y-%m-%d")}}
     if args.skip != "inference":
-        predictor = Predictor(args.config, args.weights, device=DEVICE)
+        predictor = Predictor(args.config, args.weights, device=DEVICE, cuda_graphs=False)  # the model as built
         ceiling = inference_ceiling(predictor, _pictures(args.size, args.images),
                                     [int(b) for b in args.batches.split(",")], args.passes)
         del predictor

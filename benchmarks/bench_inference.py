@@ -124,11 +124,15 @@ def bench_predict(args) -> dict:
         for batch in [int(b) for b in str(getattr(args, "amp_batches", "") or "").split(",") if b]:  # other sizes
             variants[f"batch{batch}"] = (predictor, batch, False)
             variants[f"batch{batch}_amp"] = (amp, batch, False)
-        if getattr(args, "no_graphs", False):  # AMP without the backbone's CUDA graphs
+        if getattr(args, "no_graphs", False):  # float32 and AMP without the backbone's CUDA graphs
             torch.manual_seed(0)
-            eager = Predictor(args.config, weights, device=args.device, amp=True, score_floor=args.score_floor)
-            eager.model.backbone.cuda_graphs = False
+            eager = Predictor(args.config, weights, device=args.device, amp=True, score_floor=args.score_floor,
+                              cuda_graphs=False)
+            torch.manual_seed(0)
+            eager32 = Predictor(args.config, weights, device=args.device, score_floor=args.score_floor,
+                                cuda_graphs=False)
             for batch in sorted({args.batch, *[int(b) for b in str(getattr(args, "amp_batches", "") or "").split(",") if b]}):
+                variants[f"batch{batch}_no_graphs"] = (eager32, batch, False)
                 variants[f"batch{batch}_amp_no_graphs"] = (eager, batch, False)
         if getattr(args, "cpu_resize", False):  # d2nb as it was: pictures resized on the CPU
             torch.manual_seed(0)

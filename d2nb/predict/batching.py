@@ -9,6 +9,7 @@ next runs its Python; ``run_batches`` still hands the results back in order.
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 
 import numpy as np
 
@@ -40,20 +41,68 @@ def gpu_resizes(resize) -> bool:
 
 def resize_on_gpu(image, resize):
     """A CxHxW uint8 tensor (on the GPU) resized as detectron2's ``ResizeShortestEdge`` ``resize``
-    does it with PIL (bilinear, antialiased when shrinking, rounded to whole levels), as float:
-    the same pixels within one level (PIL's fixed-point weights), without the CPU's work, the
-    larger share of a batch's time on a GPU (benchmarks/profile_inference.py)."""
-    import torch.nn.functional as F
+    does it with PIL, as float: PIL's own bilinear resampling (``pil_bilinear``), the same
+    pixels to the level, without the CPU's work, the larger share of a batch's time on a GPU
+    (benchmarks/profile_inference.py)."""
     from detectron2.data import transforms as T
 
     height, width = image.shape[1:]
     short = resize.short_edge_length[0]
     size = T.ResizeShortestEdge.get_output_shape(height, width, short, resize.max_size) if short else (height, width)
-    if tuple(size) == (height, width):
-        return image.float()
-    resized = F.interpolate(image[None].float(), size=tuple(size), mode="bilinear", align_corners=False,
-                            antialias=True)[0]
-    return resized.round_().clamp_(0, 255)
+    return pil_bilinear(image, *size).float()
+
+
+# PIL's fixed point for 8-bit resampling (libImaging/Resample.c): weights in 22 fractional bits
+_PRECISION_BITS = 32 - 8 - 2
+
+
+def pil_bilinear(image, height: int, width: int):
+    """``image`` (CxHxW uint8 tensor, any device) resized to ``height`` x ``width`` exactly as
+    ``PIL.Image.resize(..., Image.BILINEAR)`` resizes it, which is what detectron2's
+    ``ResizeTransform`` does to uint8 pictures: a horizontal then a vertical pass, each a
+    weighted sum of neighbours (a triangle filter widened by the scale when shrinking) with
+    PIL's integer weights, rounded to uint8 after each pass."""
+    if image.shape[2] != width:
+        image = _resample(image, 2, width)
+    if image.shape[1] != height:
+        image = _resample(image, 1, height)
+    return image
+
+
+def _resample(image, dim: int, size: int):
+    import torch
+
+    index, weight = _pil_weights(image.shape[dim], size, str(image.device))
+    total = torch.full((*image.shape[:dim], size, *image.shape[dim + 1:]), 1 << (_PRECISION_BITS - 1),
+                       dtype=torch.int32, device=image.device)
+    view = (-1, 1) if dim == 1 else (-1,)
+    for tap in range(index.shape[1]):
+        total += image.index_select(dim, index[:, tap]).int() * weight[:, tap].view(view)
+    return (total >> _PRECISION_BITS).clamp_(0, 255).to(torch.uint8)
+
+
+@lru_cache(maxsize=32)
+def _pil_weights(in_size: int, out_size: int, device: str):
+    """PIL's ``precompute_coeffs`` and ``normalize_coeffs_8bpc`` for the bilinear filter,
+    operation for operation in float64: the input index and the int32 weight of every tap of
+    every output pixel (taps past a pixel's last one weigh 0)."""
+    import torch
+
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 1.0 * filterscale
+    ksize = int(np.ceil(support)) * 2 + 1
+    center = (np.arange(out_size) + 0.5) * scale
+    first = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)
+    count = np.minimum(np.trunc(center + support + 0.5), in_size).astype(np.int64) - first
+    taps = np.arange(ksize)
+    x = ((first[:, None] + taps[None, :]) - center[:, None] + 0.5) * (1.0 / filterscale)
+    weight = np.where(taps[None, :] < count[:, None], np.maximum(1.0 - np.abs(x), 0.0), 0.0)
+    total = np.cumsum(weight, axis=1)[:, -1:]  # summed in order, as PIL does
+    weight = np.where(total != 0.0, weight / np.where(total != 0.0, total, 1.0), weight)
+    fixed = np.trunc(0.5 + weight * (1 << _PRECISION_BITS)).astype(np.int32)
+    index = np.minimum(first[:, None] + taps[None, :], in_size - 1)
+    return (torch.from_numpy(index).to(device), torch.from_numpy(fixed).to(device))
 
 
 def run_batches(run, count: int, in_flight: int, device: str):

@@ -1,20 +1,28 @@
-"""Mixed precision that keeps detectron2's results: the backbone in float16, the heads in float32.
+"""A faster backbone on a GPU: CUDA graphs, and mixed precision that keeps detectron2's results.
 
 ``half_precision_backbone(model)`` is what ``Predictor(amp=True)`` does on a GPU. The
 backbone's convolutions (with their frozen or eval-mode norms folded in) run in float16,
 channels-last; the RPN and ROI heads, which make the boxes and the scores, stay in float32.
 Autocast would re-cast every weight on every call and run the heads in float16 too.
+
+``graphed_backbone(model)`` is what ``Predictor()`` (float32) does on a GPU: the same
+backbone, the same kernels, launched as CUDA graphs (see ``GraphedBackbone``).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 logger = logging.getLogger("d2nb.predict")
+# one capture at a time in the process: torch.cuda.graph synchronises the whole device and
+# empties the allocator's cache before it captures, which breaks a capture under way beside it
+# (seen on the H200 with two batches in flight: cudaErrorStreamCaptureUnsupported)
+_CAPTURE_LOCK = threading.Lock()
 
 
 def fold_norms(module: nn.Module) -> int:
@@ -40,25 +48,28 @@ def fold_norms(module: nn.Module) -> int:
     return folded
 
 
-class HalfPrecisionBackbone(nn.Module):
-    """A detectron2 backbone run in float16 (channels-last) that hands float32 features on.
+class GraphedBackbone(nn.Module):
+    """A detectron2 backbone, with ``half`` run in float16 (channels-last) handing float32
+    features on, and with ``cuda_graphs`` launched as CUDA graphs.
 
-    With ``cuda_graphs`` (``Predictor(amp=True)`` on a GPU, without test-time augmentation),
+    With ``cuda_graphs`` (``Predictor`` on a GPU, without test-time augmentation),
     each input shape met on a CUDA stream other than the default one (the predictor runs its
     batches in streams of its own) is captured once as a CUDA graph and replayed after:
     the backbone's hundred-odd kernels are launched by one call instead of one Python call
     each (launching them took longer than running them: ``benchmarks/profile_inference.py``).
     At most ``MAX_GRAPHS`` are kept (pictures of many sizes run as before past that); the
     features a replay returns are the graph's own tensors, valid until the next replay on the
-    same stream, which the predictor's batches never overlap. A capture that fails turns the
-    graphs off, with a warning, and the backbone runs as before.
+    same stream, which the predictor's batches never overlap. Captures run one at a time
+    (``_CAPTURE_LOCK``); one that fails turns the graphs off, with a warning, and the backbone
+    runs as before.
     """
 
     MAX_GRAPHS = 4
 
-    def __init__(self, backbone, channels_last: bool = True, cuda_graphs: bool = False):
+    def __init__(self, backbone, half: bool = True, channels_last: bool = True, cuda_graphs: bool = False):
         super().__init__()
         self.body = backbone
+        self.half = half
         self.channels_last = channels_last
         self.cuda_graphs = cuda_graphs
         self._graphs = {}  # (stream, shape): (graph, its input, its outputs)
@@ -82,24 +93,31 @@ class HalfPrecisionBackbone(nn.Module):
         return self._run(images)
 
     def _run(self, images):
-        images = images.half()
+        if self.half:
+            images = images.half()
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return {name: feature.float().contiguous() for name, feature in self.body(images).items()}
+        features = self.body(images)
+        if not self.half and not self.channels_last:
+            return dict(features)
+        return {name: feature.float().contiguous() for name, feature in features.items()}
 
     def _replay(self, images):
         stream = torch.cuda.current_stream(images.device)
         if stream == torch.cuda.default_stream(images.device):
             return None  # CUDA refuses captures beside the default stream: run as before
-        key = (stream.cuda_stream, tuple(images.shape), images.dtype)
+        key = (stream.cuda_stream, tuple(images.shape), images.dtype, torch.is_autocast_enabled("cuda"))
         entry = self._graphs.get(key)
         if entry is None:
-            if len(self._graphs) >= self.MAX_GRAPHS:
-                return None
-            entry = self._capture(images, stream)
-            if entry is None:
-                return None
-            self._graphs[key] = entry
+            with _CAPTURE_LOCK:
+                entry = self._graphs.get(key)
+                if entry is None:
+                    if len(self._graphs) >= self.MAX_GRAPHS or not self.cuda_graphs:
+                        return None
+                    entry = self._capture(images, stream)
+                    if entry is None:
+                        return None
+                    self._graphs[key] = entry
         graph, static_input, static_features = entry
         static_input.copy_(images)
         graph.replay()
@@ -146,5 +164,13 @@ def half_precision_backbone(model: nn.Module, channels_last: bool = True, cuda_g
     backbone.half()
     if channels_last:
         backbone.to(memory_format=torch.channels_last)
-    model.backbone = HalfPrecisionBackbone(backbone, channels_last, cuda_graphs)
+    model.backbone = GraphedBackbone(backbone, True, channels_last, cuda_graphs)
+    return model
+
+
+def graphed_backbone(model: nn.Module) -> nn.Module:
+    """Launch ``model.backbone`` (an eval-mode detectron2 model's, float32) as CUDA graphs, one
+    per stream and input shape (``GraphedBackbone``): the same weights and kernels, so the
+    same features; the model is changed in place and returned."""
+    model.backbone = GraphedBackbone(model.backbone, half=False, channels_last=False, cuda_graphs=True)
     return model

@@ -21,7 +21,7 @@ from d2nb.predict.batching import (as_loaded, gpu_resizes, image_key, progress_b
                                    run_batches)
 from d2nb.predict.model import build_lazy, build_yaml, class_labels, model_num_classes
 from d2nb.predict.postprocess import pastes_masks, scaled_keeping_mask_probs, to_predictions
-from d2nb.predict.precision import half_precision_backbone, tf32_matmul
+from d2nb.predict.precision import graphed_backbone, half_precision_backbone, tf32_matmul
 from d2nb.predict.tiling import DEFAULT_OVERLAP, predict_tiled, tiling_on
 
 SCORE_FLOOR = 0.05
@@ -52,6 +52,8 @@ class Predictor:
     ``config`` and ``weights`` are what ``d2nb.zoo.resolve_model`` takes (a model-zoo name, a
     training output_dir, a yaml path...; weights ``None`` = the config's own checkpoint).
     ``amp`` runs the backbone in float16 on a GPU (see ``d2nb.predict.precision``);
+    ``cuda_graphs`` (on a GPU, without ``tta`` or ``built``) launches the backbone as CUDA graphs, one per
+    input shape, float32 or not (the same kernels: the same features, fewer launches);
     ``batches_in_flight`` (2 on a GPU, 1 on the CPU) is how many batches ``predict`` runs at once.
     ``opts`` are ``KEY VALUE`` config options (yaml configs)
     or ``key=value`` overrides (LazyConfig ``.py`` configs), as demo.py's ``--opts``.
@@ -64,7 +66,7 @@ class Predictor:
 
     def __init__(self, config=None, weights=None, device="auto", amp: bool = False, opts=(),
                  score_floor: float = SCORE_FLOOR, choice: zoo.ModelChoice | None = None, tta: bool = False,
-                 built: tuple | None = None):
+                 built: tuple | None = None, cuda_graphs: bool = True):
         self.choice = choice or zoo.resolve_model(config, weights)
         self.device = resolve_device(device)
         self.amp = bool(amp) and self.device.startswith("cuda")
@@ -83,8 +85,12 @@ class Predictor:
         # AMP: the backbone in float16, the heads (boxes, scores) in float32; autocast only for
         # models without a detectron2 backbone (see d2nb.predict.precision)
         self._autocast = self.amp and not hasattr(self.model, "backbone")
+        # a model handed in (``built``) stays as it is: it may be a training run's own
+        graphs = bool(cuda_graphs) and self.device.startswith("cuda") and self._tta is None and built is None
         if self.amp and not self._autocast:
-            half_precision_backbone(self.model, cuda_graphs=self._tta is None)
+            half_precision_backbone(self.model, cuda_graphs=graphs)
+        elif graphs and hasattr(self.model, "backbone") and hasattr(self.model.backbone, "size_divisibility"):
+            graphed_backbone(self.model)
         self._masks_in_boxes = pastes_masks(self.model)
         self._resize_on_gpu = self.device.startswith("cuda") and gpu_resizes(self.resize)
         self._cache = OrderedDict()
