@@ -129,6 +129,8 @@ def ceiling_section(path: Path, data: dict) -> list:
     lines = [f"## GPU ceiling: {path.name}", "",
              f"{m['gpu']}, torch {m['torch']}, CUDA {m['cuda']}, detectron2 {m['detectron2']}, {m['date']}.", "",
              f"Command: `{data['command']}`", ""]
+    if data.get("model"):
+        lines += [f"Model: {data['model']}.", ""]
     inference = data.get("inference")
     if inference:
         ours = inference["pipelines"]
@@ -150,7 +152,8 @@ def ceiling_section(path: Path, data: dict) -> list:
     training = data.get("training")
     if training:
         c = training["ceiling"]
-        lines += [f"Training, {c['config']}, {c['ims_per_batch']} images/batch of {c['size']}:", "",
+        lines += [f"Training, {c['config']}, {c['ims_per_batch']} images/batch of {c['size']}"
+                  + (f" (from {data['training_from']})" if data.get("training_from") else "") + ":", "",
                   "| pipeline | images/s | of the ceiling |", "| --- | ---: | ---: |",
                   f"| ceiling: the step with its batch on the GPU (AMP, bitmask targets) | {c['images_s']:.1f} | 100% |"]
         for name, v in training.get("pipelines", {}).items():
