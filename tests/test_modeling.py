@@ -1,4 +1,4 @@
-"""d2nb's model parts of the CPU recipe: the FPN without res5 and the mask-sampling cascade heads."""
+"""d2nb's model parts of the CPU recipe: the half-width FPN without res5 and the mask-sampling cascade heads."""
 
 import torch
 from detectron2.modeling import build_model
@@ -25,6 +25,23 @@ def test_the_recipe_backbone_stops_at_res4_and_pools_p5_from_p4():
     features = model.backbone(torch.zeros(1, 3, 128, 128))
     assert {name: tuple(f.shape[-2:]) for name, f in features.items()} == {
         "p2": (32, 32), "p3": (16, 16), "p4": (8, 8), "p5": (4, 4)}
+
+
+def test_the_recipe_resnet18_is_half_as_wide_and_a_64_wide_one_is_detectron2s_own():
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.backbone.resnet import BasicBlock, build_resnet_backbone
+
+    cfg, model = recipe_model()
+    widths = {name: shape.channels for name, shape in model.backbone.bottom_up.output_shape().items()}
+    assert widths == {"res2": 32, "res3": 64, "res4": 128}
+    assert model.backbone.bottom_up.stem.out_channels == 32
+    assert all(isinstance(block, BasicBlock) for stage in model.backbone.bottom_up.stages for block in stage)
+    wide = cfg.clone()
+    wide.defrost()
+    wide.MODEL.RESNETS.STEM_OUT_CHANNELS = wide.MODEL.RESNETS.RES2_OUT_CHANNELS = 64  # a run of the earlier recipe
+    ours, theirs = build_model(wide).backbone.bottom_up, build_resnet_backbone(wide, ShapeSpec(channels=3))
+    assert [name for name, _ in ours.named_parameters()] == [name for name, _ in theirs.named_parameters()]
+    assert {n: s.channels for n, s in ours.output_shape().items()} == {"res2": 64, "res3": 128, "res4": 256}
 
 
 def test_the_mask_head_trains_on_at_most_the_configured_foreground_proposals_per_picture():
