@@ -27,9 +27,11 @@ def test_the_recipe_backbone_stops_at_res4_and_pools_p5_from_p4():
         "p2": (32, 32), "p3": (16, 16), "p4": (8, 8), "p5": (4, 4)}
 
 
-def test_the_recipe_resnet18_is_half_as_wide_and_a_64_wide_one_is_detectron2s_own():
+def test_the_recipe_resnet18_is_half_as_wide_and_at_64_is_built_as_detectron2_builds_it():
     from detectron2.layers import ShapeSpec
     from detectron2.modeling.backbone.resnet import BasicBlock, build_resnet_backbone
+
+    from d2nb.modeling import _basic_resnet
 
     cfg, model = recipe_model()
     widths = {name: shape.channels for name, shape in model.backbone.bottom_up.output_shape().items()}
@@ -39,8 +41,8 @@ def test_the_recipe_resnet18_is_half_as_wide_and_a_64_wide_one_is_detectron2s_ow
     wide = cfg.clone()
     wide.defrost()
     wide.MODEL.RESNETS.STEM_OUT_CHANNELS = wide.MODEL.RESNETS.RES2_OUT_CHANNELS = 64  # a run of the earlier recipe
-    ours, theirs = build_model(wide).backbone.bottom_up, build_resnet_backbone(wide, ShapeSpec(channels=3))
-    assert [name for name, _ in ours.named_parameters()] == [name for name, _ in theirs.named_parameters()]
+    ours, theirs = _basic_resnet(wide, ShapeSpec(channels=3)), build_resnet_backbone(wide, ShapeSpec(channels=3))
+    assert [(name, p.shape) for name, p in ours.named_parameters()] == [(name, p.shape) for name, p in theirs.named_parameters()]
     assert {n: s.channels for n, s in ours.output_shape().items()} == {"res2": 64, "res3": 128, "res4": 256}
 
 

@@ -164,7 +164,7 @@ def half_precision_backbone(model: nn.Module, channels_last: bool = True, cuda_g
     backbone.half()
     if channels_last:
         backbone.to(memory_format=torch.channels_last)
-    model.backbone = GraphedBackbone(backbone, True, channels_last, cuda_graphs)
+    model.backbone = GraphedBackbone(backbone, half=True, channels_last=channels_last, cuda_graphs=cuda_graphs)
     return model
 
 
