@@ -4,7 +4,10 @@ Runs, each in its own subprocess (fresh CUDA context), on the synthetic dataset:
 
 - ``baseline``: detectron2's ``DefaultTrainer`` as ``tools/train_net.py`` runs it (fp32);
 - ``notebook``: ``notebooks/03_train.ipynb`` under papermill, live monitor on;
-- ``fast``: d2nb's fast mode (``fast=True``: AMP, TF32, 8 data-loading workers, bitmask targets).
+- ``fast``: d2nb's fast mode (``fast=True``: AMP, TF32, 8 data-loading workers, bitmask targets,
+  the RPN's and ROI heads' loops batched);
+- ``fast_loops``: fast mode with detectron2's per-picture RPN and ROI-head loops
+  (``D2NB_BATCHED_HEADS False``), to show what batching them gives.
 
 Every run trains ``--iters`` iterations at ``--ims`` images per batch without evaluation and
 reports wall-clock s/iter of the whole training loop; the loss curves of ``fast`` and
@@ -80,18 +83,22 @@ def run_notebook(args, output_dir: Path) -> dict:
     return json.loads((output_dir / "d2nb_result.json").read_text())
 
 
-def run_fast(args, output_dir: Path) -> dict:
+def run_fast(args, output_dir: Path, extra_opts=()) -> dict:
     from d2nb.train import TrainSettings, train
 
     height, width = map(int, args.size.split("x"))
     result = train(TrainSettings(gpus=args.gpus, output_dir=str(output_dir), config=args.config, weights="none",
                                  max_iter=args.iters, ims_per_batch=args.ims, checkpoint_period=100000,
                                  synthetic_size=[height, width], fast=True, monitor=False,
-                                 opts=["DATASETS.TEST", "()"] + STABLE_OPTS))
+                                 opts=["DATASETS.TEST", "()"] + STABLE_OPTS + list(extra_opts)))
     return {"train_seconds": result.train_seconds, "iterations_run": result.iterations_run}
 
 
-RUNS = {"baseline": run_baseline, "notebook": run_notebook, "fast": run_fast}
+def run_fast_loops(args, output_dir: Path) -> dict:
+    return run_fast(args, output_dir, ["D2NB_BATCHED_HEADS", "False"])
+
+
+RUNS = {"baseline": run_baseline, "notebook": run_notebook, "fast": run_fast, "fast_loops": run_fast_loops}
 
 
 def loss_curve(output_dir: Path) -> dict:

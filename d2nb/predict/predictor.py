@@ -16,6 +16,7 @@ from dataclasses import replace
 import numpy as np
 
 from d2nb import zoo
+from d2nb.batched_heads import use_batched_heads
 from d2nb.errors import D2nbError
 from d2nb.predict.batching import (as_loaded, gpu_resizes, image_key, progress_bar, resize_on_gpu, resize_pool,
                                    run_batches)
@@ -54,6 +55,8 @@ class Predictor:
     ``amp`` runs the backbone in float16 on a GPU (see ``d2nb.predict.precision``);
     ``cuda_graphs`` (on a GPU, without ``tta`` or ``built``) launches the backbone as CUDA graphs, one per
     input shape, float32 or not (the same kernels: the same features, fewer launches);
+    ``batched_heads`` (on a GPU, without ``built``) finds the RPN's proposals for a whole batch
+    at once (``d2nb.batched_heads``: the same proposals, one host synchronisation a batch);
     ``batches_in_flight`` (2 on a GPU, 1 on the CPU) is how many batches ``predict`` runs at once.
     ``opts`` are ``KEY VALUE`` config options (yaml configs)
     or ``key=value`` overrides (LazyConfig ``.py`` configs), as demo.py's ``--opts``.
@@ -66,7 +69,7 @@ class Predictor:
 
     def __init__(self, config=None, weights=None, device="auto", amp: bool = False, opts=(),
                  score_floor: float = SCORE_FLOOR, choice: zoo.ModelChoice | None = None, tta: bool = False,
-                 built: tuple | None = None, cuda_graphs: bool = True):
+                 built: tuple | None = None, cuda_graphs: bool = True, batched_heads: bool = True):
         self.choice = choice or zoo.resolve_model(config, weights)
         self.device = resolve_device(device)
         self.amp = bool(amp) and self.device.startswith("cuda")
@@ -87,6 +90,8 @@ class Predictor:
         self._autocast = self.amp and not hasattr(self.model, "backbone")
         # a model handed in (``built``) stays as it is: it may be a training run's own
         graphs = bool(cuda_graphs) and self.device.startswith("cuda") and self._tta is None and built is None
+        if batched_heads and self.device.startswith("cuda") and built is None:
+            use_batched_heads(self.model)  # the same proposals, found for the whole batch at once
         if self.amp and not self._autocast:
             half_precision_backbone(self.model, cuda_graphs=graphs)
         elif graphs and hasattr(self.model, "backbone") and hasattr(self.model.backbone, "size_divisibility"):

@@ -2,7 +2,7 @@
 
 ``apply_fast_mode`` sets them in the config when ``build_config`` makes it; the trainer reads
 them back: ``enable_tf32`` before training, ``clip_per_parameter_foreach`` when it builds the
-optimizer. benchmarks/RESULTS.md has the measurements behind each choice.
+optimizer, ``d2nb.batched_heads.use_batched_heads`` when it builds the model. benchmarks/RESULTS.md has the measurements behind each choice.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ FAST_MODE_WORKERS = 8  # the lent H100 has 16 cores; detectron2's configs ask fo
 
 def apply_fast_mode(cfg) -> None:
     """GPU speed-ups that leave the model and its loss curve as they are: mixed precision
-    (``SOLVER.AMP``), TF32 matrix products, more data-loading workers, and mask targets read
-    as bitmasks (``INPUT.MASK_FORMAT bitmask``).
+    (``SOLVER.AMP``), TF32 matrix products, more data-loading workers, mask targets read
+    as bitmasks (``INPUT.MASK_FORMAT bitmask``), and the RPN's and ROI heads' per-picture
+    loops run for the whole batch at once (``D2NB_BATCHED_HEADS``, ``d2nb.batched_heads``:
+    the same proposals and labels, sampled with other random numbers).
 
     Measured on the lent H100 (benchmarks/RESULTS.md): a Mask R-CNN step there is bound by the
     main process's CPU, not the GPU (the GPU was busy 0.22 s of a 0.6 s step), and rasterising
@@ -30,6 +32,7 @@ def apply_fast_mode(cfg) -> None:
     cfg.set_new_allowed(True)
     cfg.D2NB_TF32 = True
     cfg.D2NB_FOREACH_CLIP = True
+    cfg.D2NB_BATCHED_HEADS = True
     cfg.set_new_allowed(False)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator
 
+from d2nb.batched_heads import use_batched_heads
 from d2nb.checkpoint import AtomicCheckpointer
 from d2nb.faults import diverged, is_out_of_memory, out_of_memory
 from d2nb.modeling import register as register_model_parts
@@ -62,11 +63,15 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_model(cls, cfg):
         """detectron2's model; on the CPU its ROIAlign backward runs as matrix products
-        (``d2nb.train.roi_align``: same results, a fifth less time per CPU-recipe step)."""
+        (``d2nb.train.roi_align``: same results, a fifth less time per CPU-recipe step); in fast
+        mode on a GPU its RPN and ROI heads label and sample the whole batch at once
+        (``d2nb.batched_heads``)."""
         register_model_parts()
         model = super().build_model(cfg)
         if cfg.MODEL.DEVICE == "cpu":
             use_separable_roi_align(model)
+        elif cfg.get("D2NB_BATCHED_HEADS", False):
+            logger.info("Batched RPN and ROI-head loops: %s", ", ".join(use_batched_heads(model)) or "none")
         return model
 
     @classmethod

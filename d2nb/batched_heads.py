@@ -1,0 +1,294 @@
+"""detectron2's per-picture loops in the RPN and the ROI heads, run for all of a batch's pictures at once.
+
+detectron2 finds each picture's proposals (top-k, clip, NMS per feature level), labels each
+picture's anchors and samples each picture's ROI-head proposals in a Python loop, with host
+synchronisations in every pass (NMS's output size, ``nonzero``, ``.item()``). On a GPU that
+loop, not the arithmetic, sets the pace of a 16-picture training step and of batched
+inference (benchmarks/results/NOTES.md has the profile). Here the same steps run as a few
+tensor operations over the whole batch, with one host synchronisation each:
+
+- ``find_top_proposals``: detectron2's ``find_top_rpn_proposals``, the same boxes in the same
+  order. Its NMS (``nms_groups``) is exact greedy NMS for every (picture, level) group at once:
+  the greedy result is the fixed point of "a box is kept unless a kept box of higher score
+  overlaps it by more than the threshold", which a few batched passes over the groups'
+  overlap matrices reach (Cluster-NMS, Zheng et al. 2020); it loops until nothing changes.
+- ``label_and_sample_anchors`` and ``label_and_sample_proposals``: the RPN's and the ROI
+  heads' matching (the same labels and matched boxes as detectron2's ``Matcher``) and random
+  sampling (the same numbers of positives and negatives, each a uniform random subset, drawn
+  from other random numbers than detectron2's ``randperm``).
+
+``use_batched_heads(model)`` puts them on a built model's RPN and ROI heads (on the instances,
+not the classes); it leaves subclasses that override these methods, and options it does not
+cover (``RPN.BOUNDARY_THRESH``), on detectron2's own code. Fast mode and the GPU predictor
+use it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import types
+
+import torch
+
+logger = logging.getLogger("d2nb.batched_heads")
+
+# torchvision's batched_nms offsets each level's boxes (which changes their IoUs' rounding)
+# up to this many coordinates, and runs NMS level by level above it; d2nb does the same.
+_COORDINATE_TRICK_LIMIT = {"cpu": 4000, "cuda": 100_000}
+_IOU_CHUNK = 1 << 25  # overlap-matrix entries computed at a time (a bound on temporary memory)
+
+
+def nms_groups(boxes, valid, threshold: float, offsets=None, max_passes: int = 1000):
+    """Greedy NMS in every group at once: ``boxes`` (G, N, 4), each group's boxes sorted by
+    descending score; ``valid`` (G, N) marks the boxes taking part. Returns the kept boxes as
+    a (G, N) bool mask, the same boxes torchvision's ``nms`` keeps in each group. ``offsets``
+    (G, 1) is added to a group's coordinates first (torchvision's batched_nms does so)."""
+    groups, n = valid.shape
+    if n == 0 or groups == 0:
+        return valid.clone()
+    if offsets is not None:
+        boxes = boxes + offsets[:, :, None]
+    suppresses = _suppression_matrix(boxes, valid, threshold)  # (G, N, N): i (higher score) suppresses j
+    weights = suppresses.to(torch.float16 if boxes.is_cuda else torch.float32)
+    keep = valid
+    for _ in range(max_passes):
+        suppressed = torch.bmm(keep[:, None, :].to(weights.dtype), weights)[:, 0] > 0
+        new_keep = valid & ~suppressed
+        if torch.equal(new_keep, keep):
+            return keep
+        keep = new_keep
+    raise RuntimeError(f"NMS did not settle in {max_passes} passes")  # cannot happen: each pass fixes one more box
+
+
+def _suppression_matrix(boxes, valid, threshold):
+    groups, n = valid.shape
+    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    later = torch.ones(n, n, dtype=torch.bool, device=boxes.device).triu_(1)
+    out = torch.empty(groups, n, n, dtype=torch.bool, device=boxes.device)
+    step = max(1, _IOU_CHUNK // (n * n))
+    for start in range(0, groups, step):
+        b, a = boxes[start:start + step], area[start:start + step]
+        # torchvision's arithmetic, in its order: inter / (area_i + area_j - inter) > threshold
+        width = (torch.min(b[:, :, None, 2], b[:, None, :, 2]) - torch.max(b[:, :, None, 0], b[:, None, :, 0])).clamp_(min=0)
+        height = (torch.min(b[:, :, None, 3], b[:, None, :, 3]) - torch.max(b[:, :, None, 1], b[:, None, :, 1])).clamp_(min=0)
+        inter = width.mul_(height)
+        union = (a[:, :, None] + a[:, None, :]).sub_(inter)
+        v = valid[start:start + step]
+        out[start:start + step] = inter.div_(union).gt_(threshold).bool() & later & v[:, :, None] & v[:, None, :]
+    return out
+
+
+def find_top_proposals(proposals, pred_objectness_logits, image_sizes, nms_thresh, pre_nms_topk, post_nms_topk,
+                       min_box_size, training):
+    """detectron2's ``find_top_rpn_proposals`` (same arguments, same result) for all pictures at once."""
+    from detectron2.structures import Boxes, Instances
+
+    num_images, device = len(image_sizes), proposals[0].device
+    per_level = [min(logits.shape[1], pre_nms_topk) for logits in pred_objectness_logits]
+    width = max(per_level)
+    batch = torch.arange(num_images, device=device)[:, None]
+    boxes = proposals[0].new_zeros(num_images, len(per_level), width, 4)
+    scores = pred_objectness_logits[0].new_full((num_images, len(per_level), width), -math.inf)
+    present = torch.zeros(num_images, len(per_level), width, dtype=torch.bool, device=device)
+    for level, (boxes_i, logits_i, k) in enumerate(zip(proposals, pred_objectness_logits, per_level)):
+        top, index = logits_i.topk(k, dim=1)
+        boxes[:, level, :k], scores[:, level, :k], present[:, level, :k] = boxes_i[batch, index], top, True
+    finite = torch.isfinite(boxes).all(dim=-1) & torch.isfinite(scores)
+    valid = present & finite
+    sizes = torch.tensor(image_sizes, dtype=boxes.dtype, device=device)  # (h, w) per picture
+    high = sizes[:, [1, 0, 1, 0]][:, None, None, :]
+    boxes = torch.where(valid[..., None], torch.minimum(boxes.clamp(min=0), high), torch.zeros_like(boxes))
+    valid &= ((boxes[..., 2] - boxes[..., 0]) > min_box_size) & ((boxes[..., 3] - boxes[..., 1]) > min_box_size)
+    offsets = _level_offsets(boxes, valid)
+    levels = len(per_level)
+    keep = nms_groups(boxes.flatten(0, 1), valid.flatten(0, 1), nms_thresh,
+                      offsets=None if offsets is None else offsets.flatten(0, 1)).view_as(valid)
+    kept_scores = torch.where(keep, scores, torch.full_like(scores, -math.inf)).flatten(1)
+    count = min(post_nms_topk, levels * width)
+    top_scores, order = kept_scores.topk(count, dim=1)
+    top_boxes = boxes.flatten(1, 2)[batch, order]
+    counts = keep.flatten(1).sum(dim=1).clamp(max=count)
+    *counts, all_finite = torch.cat([counts, (finite | ~present).all()[None]]).tolist()  # the one synchronisation
+    if training and not all_finite:
+        raise FloatingPointError("Predicted boxes or scores contain Inf/NaN. Training has diverged.")
+    results = []
+    for n, image_size in enumerate(image_sizes):
+        res = Instances(image_size)
+        res.proposal_boxes = Boxes(top_boxes[n, :counts[n]])
+        res.objectness_logits = top_scores[n, :counts[n]]
+        results.append(res)
+    return results
+
+
+def _level_offsets(boxes, valid):
+    """torchvision's batched_nms shifts a picture's levels apart (level * (largest coordinate + 1))
+    when the picture has at most a limit of coordinates; the shift changes the IoUs' rounding."""
+    limit = _COORDINATE_TRICK_LIMIT.get(boxes.device.type)
+    if limit is None:
+        return None
+    largest = torch.where(valid[..., None], boxes, torch.zeros_like(boxes)).flatten(1).max(dim=1).values  # clipped: >= 0
+    shifted = (valid.flatten(1).sum(dim=1) * 4) <= limit
+    levels = torch.arange(boxes.shape[1], device=boxes.device, dtype=boxes.dtype)
+    offsets = levels[None, :] * (largest[:, None] + 1)
+    return torch.where(shifted[:, None], offsets, torch.zeros_like(offsets))[..., None]
+
+
+def pairwise_iou(boxes1, boxes2):
+    """detectron2's ``pairwise_iou`` for a batch: (B, M, 4) and (B, N, 4) boxes -> (B, M, N)."""
+    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
+    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
+    width_height = torch.min(boxes1[:, :, None, 2:], boxes2[:, None, :, 2:]) - torch.max(boxes1[:, :, None, :2], boxes2[:, None, :, :2])
+    inter = width_height.clamp_(min=0).prod(dim=3)
+    return torch.where(inter > 0, inter / (area1[:, :, None] + area2[:, None, :] - inter), torch.zeros(1, dtype=inter.dtype, device=inter.device))
+
+
+def match(matcher, quality, gt_valid):
+    """detectron2's ``Matcher`` on a batch: ``quality`` (B, M, N) with padded ground-truth rows
+    (``gt_valid`` False) -> matches (B, N) int64, labels (B, N) int8. A picture without ground
+    truth gets matches 0 and the first label, as the Matcher gives it."""
+    quality = torch.where(gt_valid[:, :, None], quality, torch.full_like(quality, -1.0))
+    if quality.shape[1] == 0:
+        shape = (quality.shape[0], quality.shape[2])
+        return (torch.zeros(shape, dtype=torch.int64, device=quality.device),
+                torch.full(shape, matcher.labels[0], dtype=torch.int8, device=quality.device))
+    values, matches = quality.max(dim=1)
+    labels = torch.ones_like(matches, dtype=torch.int8)
+    for label, low, high in zip(matcher.labels, matcher.thresholds[:-1], matcher.thresholds[1:]):
+        labels.masked_fill_((values >= low) & (values < high), label)
+    if matcher.allow_low_quality_matches:
+        best = quality.max(dim=2, keepdim=True).values  # per ground-truth box
+        labels.masked_fill_(((quality == best) & gt_valid[:, :, None]).any(dim=1), 1)
+    matches = torch.where(gt_valid.any(dim=1, keepdim=True), matches, torch.zeros_like(matches))
+    return matches, labels
+
+
+def sample(labels, num_samples: int, positive_fraction: float, bg_label: int):
+    """detectron2's ``subsample_labels`` for a batch of label rows (B, N): per row, up to
+    ``int(num_samples * positive_fraction)`` positives and the rest negatives, each a uniform
+    random subset. Returns (positive indices (B, P), their count per row, negative indices
+    (B, Q), their count per row); a row's first ``count`` indices are its sample."""
+    positive = (labels != -1) & (labels != bg_label)
+    negative = labels == bg_label
+    max_positive = min(int(num_samples * positive_fraction), labels.shape[1])
+    num_positive = positive.sum(dim=1).clamp(max=int(num_samples * positive_fraction))
+    num_negative = torch.minimum(negative.sum(dim=1), num_samples - num_positive)
+    keys = torch.rand(labels.shape, device=labels.device)
+    minus_one = torch.full_like(keys, -1.0)
+    positives = torch.where(positive, keys, minus_one).topk(max_positive, dim=1).indices
+    negatives = torch.where(negative, keys, minus_one).topk(min(num_samples, labels.shape[1]), dim=1).indices
+    return positives, num_positive, negatives, num_negative
+
+
+def _padded(tensors, length, fill=0.0):
+    out = tensors[0].new_full((len(tensors), length, *tensors[0].shape[1:]), fill)
+    for i, t in enumerate(tensors):
+        out[i, :len(t)] = t
+    return out
+
+
+def _gt_padded(targets, device):
+    from detectron2.structures import Boxes
+
+    boxes = [t.gt_boxes.tensor if isinstance(t.gt_boxes, Boxes) else t.gt_boxes for t in targets]
+    most = max(len(b) for b in boxes)
+    padded = _padded([b.to(device) for b in boxes], most) if boxes else None
+    valid = torch.arange(most, device=device)[None, :] < torch.tensor([len(b) for b in boxes], device=device)[:, None]
+    return padded, valid
+
+
+@torch.no_grad()
+def label_and_sample_anchors(self, anchors, gt_instances):
+    """``RPN.label_and_sample_anchors`` for all pictures at once (bound to an RPN by ``use_batched_heads``)."""
+    from detectron2.structures import Boxes
+
+    anchors = Boxes.cat(anchors).tensor
+    gt_boxes, gt_valid = _gt_padded(gt_instances, anchors.device)
+    quality = pairwise_iou(gt_boxes, anchors[None].expand(len(gt_instances), -1, -1))
+    matches, labels = match(self.anchor_matcher, quality, gt_valid)
+    del quality
+    positives, num_positive, negatives, num_negative = sample(labels, self.batch_size_per_image, self.positive_fraction, 0)
+    sampled = torch.full_like(labels, -1)
+    rank_p = torch.arange(positives.shape[1], device=labels.device)[None, :] < num_positive[:, None]
+    rank_n = torch.arange(negatives.shape[1], device=labels.device)[None, :] < num_negative[:, None]
+    # an unsampled index is written with the label it already has (-1) by pointing it at a sentinel column
+    sentinel = labels.shape[1]
+    sampled = torch.cat([sampled, sampled.new_full((len(labels), 1), -1)], dim=1)
+    sampled.scatter_(1, torch.where(rank_p, positives, sentinel), torch.where(rank_p, 1, -1).to(sampled.dtype))
+    sampled.scatter_(1, torch.where(rank_n, negatives, sentinel), torch.where(rank_n, 0, -1).to(sampled.dtype))
+    sampled = sampled[:, :sentinel]
+    matched = torch.gather(gt_boxes, 1, matches[..., None].expand(-1, -1, 4)) if gt_boxes.shape[1] else \
+        torch.zeros(len(labels), anchors.shape[0], 4, dtype=anchors.dtype, device=anchors.device)
+    return list(sampled.unbind(0)), list(matched.unbind(0))
+
+
+@torch.no_grad()
+def label_and_sample_proposals(self, proposals, targets):
+    """``ROIHeads.label_and_sample_proposals`` for all pictures at once (bound by ``use_batched_heads``)."""
+    from detectron2.modeling.proposal_generator.proposal_utils import add_ground_truth_to_proposals
+    from detectron2.utils.events import get_event_storage
+
+    if self.proposal_append_gt:
+        proposals = add_ground_truth_to_proposals(targets, proposals)
+    device = proposals[0].proposal_boxes.tensor.device
+    lengths = [len(p) for p in proposals]
+    boxes = _padded([p.proposal_boxes.tensor for p in proposals], max(lengths))
+    present = torch.arange(max(lengths), device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]
+    gt_boxes, gt_valid = _gt_padded(targets, device)
+    matches, labels = match(self.proposal_matcher, pairwise_iou(gt_boxes, boxes), gt_valid)
+    gt_classes = _padded([t.gt_classes.to(device) for t in targets], gt_boxes.shape[1]) if gt_boxes.shape[1] else None
+    classes = torch.gather(gt_classes, 1, matches) if gt_classes is not None else torch.zeros_like(matches)
+    classes = torch.where(labels == 0, self.num_classes, classes)
+    classes = torch.where(labels == -1, -1, classes)
+    classes = torch.where(gt_valid.any(dim=1, keepdim=True), classes, self.num_classes)
+    classes = torch.where(present, classes, -1)
+    positives, num_positive, negatives, num_negative = sample(classes, self.batch_size_per_image, self.positive_fraction,
+                                                              self.num_classes)
+    counts = torch.stack([num_positive, num_negative]).tolist()  # the one host synchronisation
+    results = []
+    for n, (proposals_n, targets_n) in enumerate(zip(proposals, targets)):
+        index = torch.cat([positives[n, :counts[0][n]], negatives[n, :counts[1][n]]])
+        sampled = proposals_n[index]
+        sampled.gt_classes = classes[n, index]
+        if len(targets_n) > 0:
+            sampled_targets = matches[n, index]
+            for name, value in targets_n.get_fields().items():
+                if name.startswith("gt_") and not sampled.has(name):
+                    sampled.set(name, value[sampled_targets])
+        results.append(sampled)
+    storage = get_event_storage()
+    storage.put_scalar("roi_head/num_fg_samples", sum(counts[0]) / len(counts[0]))
+    storage.put_scalar("roi_head/num_bg_samples", sum(counts[1]) / len(counts[1]))
+    return results
+
+
+def _predict_proposals(self, anchors, pred_objectness_logits, pred_anchor_deltas, image_sizes):
+    with torch.no_grad():
+        pred_proposals = self._decode_proposals(anchors, pred_anchor_deltas)
+        return find_top_proposals(pred_proposals, pred_objectness_logits, image_sizes, self.nms_thresh,
+                                  self.pre_nms_topk[self.training], self.post_nms_topk[self.training],
+                                  self.min_box_size, self.training)
+
+
+def use_batched_heads(model) -> list:
+    """Run ``model``'s RPN and ROI-head loops batched (see the module's docstring). Returns the
+    names of the methods replaced: none where the model's parts are not detectron2's ``RPN``
+    and ``ROIHeads`` methods (a subclass's own override is kept)."""
+    from detectron2.modeling.proposal_generator.rpn import RPN
+    from detectron2.modeling.roi_heads.roi_heads import ROIHeads
+
+    replaced = []
+    rpn = getattr(model, "proposal_generator", None)
+    if isinstance(rpn, RPN):
+        if type(rpn).predict_proposals is RPN.predict_proposals:
+            rpn.predict_proposals = types.MethodType(_predict_proposals, rpn)
+            replaced.append("RPN.predict_proposals")
+        if type(rpn).label_and_sample_anchors is RPN.label_and_sample_anchors and rpn.anchor_boundary_thresh < 0:
+            rpn.label_and_sample_anchors = types.MethodType(label_and_sample_anchors, rpn)
+            replaced.append("RPN.label_and_sample_anchors")
+    heads = getattr(model, "roi_heads", None)
+    if isinstance(heads, ROIHeads) and type(heads).label_and_sample_proposals is ROIHeads.label_and_sample_proposals:
+        heads.label_and_sample_proposals = types.MethodType(label_and_sample_proposals, heads)
+        replaced.append("ROIHeads.label_and_sample_proposals")
+    logger.debug("batched heads: %s", ", ".join(replaced) or "none")
+    return replaced
