@@ -39,25 +39,40 @@ _COORDINATE_TRICK_LIMIT = {"cpu": 4000, "cuda": 100_000}
 _IOU_CHUNK = 1 << 25  # overlap-matrix entries computed at a time (a bound on temporary memory)
 
 
-def nms_groups(boxes, valid, threshold: float, offsets=None, max_passes: int = 1000):
+def nms_groups(boxes, valid, threshold: float, offsets=None, max_passes: int = 1000, check_every: int = 8):
     """Greedy NMS in every group at once: ``boxes`` (G, N, 4), each group's boxes sorted by
     descending score; ``valid`` (G, N) marks the boxes taking part. Returns the kept boxes as
     a (G, N) bool mask, the same boxes torchvision's ``nms`` keeps in each group. ``offsets``
-    (G, 1) is added to a group's coordinates first (torchvision's batched_nms does so)."""
+    (G, 1) is added to a group's coordinates first (torchvision's batched_nms does so).
+
+    Each pass keeps the boxes no kept box of higher score suppresses; a group whose kept set
+    did not change in a pass is at the fixed point (greedy NMS's result) and leaves the batch.
+    The host looks every ``check_every`` passes (one synchronisation each), so a group with a
+    long chain of suppressions (a box kept only because its suppressor was suppressed, and so
+    on) costs a few passes over its own matrix, not passes over every group's."""
     groups, n = valid.shape
     if n == 0 or groups == 0:
         return valid.clone()
     if offsets is not None:
         boxes = boxes + offsets[:, :, None]
-    suppresses = _suppression_matrix(boxes, valid, threshold)  # (G, N, N): i (higher score) suppresses j
-    weights = suppresses.to(torch.float16 if boxes.is_cuda else torch.float32)
-    keep = valid
-    for _ in range(max_passes):
-        suppressed = torch.bmm(keep[:, None, :].to(weights.dtype), weights)[:, 0] > 0
-        new_keep = valid & ~suppressed
-        if torch.equal(new_keep, keep):
-            return keep
-        keep = new_keep
+    weights = _suppression_matrix(boxes, valid, threshold)  # (G, N, N): i (higher score) suppresses j
+    weights = weights.to(torch.float16 if boxes.is_cuda else torch.float32)
+    result = valid.clone()
+    active = torch.arange(groups, device=valid.device)
+    keep, passes = valid, 0
+    while passes < max_passes:
+        for _ in range(check_every):
+            before = keep
+            keep = valid & ~(torch.bmm(keep[:, None, :].to(weights.dtype), weights)[:, 0] > 0)
+        passes += check_every
+        moving = (keep != before).any(dim=1)
+        settled = ~moving
+        result[active[settled]] = keep[settled]
+        still = moving.nonzero()[:, 0]  # the host synchronisation of this round
+        if len(still) == 0:
+            return result
+        if len(still) < 0.75 * len(active):  # copying the matrices costs about two passes over them
+            active, weights, valid, keep = active[still], weights[still], valid[still], keep[still]
     raise RuntimeError(f"NMS did not settle in {max_passes} passes")  # cannot happen: each pass fixes one more box
 
 
@@ -255,11 +270,73 @@ def label_and_sample_proposals(self, proposals, targets):
             for name, value in targets_n.get_fields().items():
                 if name.startswith("gt_") and not sampled.has(name):
                     sampled.set(name, value[sampled_targets])
+        sampled._d2nb_num_fg = counts[0][n]  # its first samples are its foreground ones
         results.append(sampled)
     storage = get_event_storage()
     storage.put_scalar("roi_head/num_fg_samples", sum(counts[0]) / len(counts[0]))
     storage.put_scalar("roi_head/num_bg_samples", sum(counts[1]) / len(counts[1]))
     return results
+
+
+def rpn_losses(self, anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas, gt_boxes):
+    """``RPN.losses`` (smooth L1, ``Box2BoxTransform``) for all pictures at once: the regression
+    targets in one pass instead of one per picture (each with a host synchronisation), the
+    sums over the sampled anchors as masked sums instead of boolean indexing. The same losses
+    up to the order of the sums. Bound by ``use_batched_heads``."""
+    import torch.nn.functional as F
+    from detectron2.structures import Boxes
+    from detectron2.utils.events import get_event_storage
+    from fvcore.nn import smooth_l1_loss
+
+    num_images = len(gt_labels)
+    gt_labels = torch.stack(gt_labels)
+    positive, valid = gt_labels == 1, gt_labels >= 0
+    anchors = Boxes.cat(anchors).tensor if isinstance(anchors[0], Boxes) else torch.cat(anchors)
+    widths = anchors[:, 2] - anchors[:, 0]
+    num_positive, num_negative, anchors_valid = torch.stack(
+        [positive.sum(), (gt_labels == 0).sum(), (widths > 0).all()]).tolist()  # the one host synchronisation
+    assert anchors_valid, "Input boxes to Box2BoxTransform are not valid!"
+    storage = get_event_storage()
+    storage.put_scalar("rpn/num_pos_anchors", num_positive / num_images)
+    storage.put_scalar("rpn/num_neg_anchors", num_negative / num_images)
+    targets = _box_deltas(self.box2box_transform.weights, anchors[None], torch.stack(gt_boxes))
+    predicted = torch.cat(pred_anchor_deltas, dim=1)
+    targets = torch.where(positive[..., None], targets, predicted.detach().to(targets.dtype))  # no inf off the positives
+    per_anchor = smooth_l1_loss(predicted, targets, beta=self.smooth_l1_beta, reduction="none")
+    localization_loss = torch.where(positive[..., None], per_anchor, 0).sum()
+    logits = torch.cat(pred_objectness_logits, dim=1)
+    per_logit = F.binary_cross_entropy_with_logits(logits, gt_labels.to(torch.float32).clamp(min=0), reduction="none")
+    objectness_loss = torch.where(valid, per_logit, 0).sum()
+    normalizer = self.batch_size_per_image * num_images
+    losses = {"loss_rpn_cls": objectness_loss / normalizer, "loss_rpn_loc": localization_loss / normalizer}
+    return {k: v * self.loss_weight.get(k, 1.0) for k, v in losses.items()}
+
+
+def _box_deltas(weights, src, target):
+    """``Box2BoxTransform.get_deltas``'s arithmetic for boxes of any leading shape (..., 4)."""
+    src_widths, src_heights = src[..., 2] - src[..., 0], src[..., 3] - src[..., 1]
+    src_x, src_y = src[..., 0] + 0.5 * src_widths, src[..., 1] + 0.5 * src_heights
+    widths, heights = target[..., 2] - target[..., 0], target[..., 3] - target[..., 1]
+    x, y = target[..., 0] + 0.5 * widths, target[..., 1] + 0.5 * heights
+    wx, wy, ww, wh = weights
+    return torch.stack((wx * (x - src_x) / src_widths, wy * (y - src_y) / src_heights,
+                        ww * torch.log(widths / src_widths), wh * torch.log(heights / src_heights)), dim=-1)
+
+
+def _forward_mask(self, features, instances):
+    """``StandardROIHeads._forward_mask`` taking each picture's foreground samples as the first
+    ones (``label_and_sample_proposals`` above samples them first and counts them), instead of
+    ``select_foreground_proposals``' ``nonzero`` per picture. Bound by ``use_batched_heads``."""
+    from detectron2.modeling.roi_heads.roi_heads import StandardROIHeads
+
+    if not (self.mask_on and self.training and all(hasattr(x, "_d2nb_num_fg") for x in instances)):
+        return StandardROIHeads._forward_mask(self, features, instances)
+    instances = [x[:x._d2nb_num_fg] for x in instances]
+    if self.mask_pooler is not None:
+        features = self.mask_pooler([features[f] for f in self.mask_in_features], [x.proposal_boxes for x in instances])
+    else:
+        features = {f: features[f] for f in self.mask_in_features}
+    return self.mask_head(features, instances)
 
 
 def _predict_proposals(self, anchors, pred_objectness_logits, pred_anchor_deltas, image_sizes):
@@ -274,8 +351,9 @@ def use_batched_heads(model) -> list:
     """Run ``model``'s RPN and ROI-head loops batched (see the module's docstring). Returns the
     names of the methods replaced: none where the model's parts are not detectron2's ``RPN``
     and ``ROIHeads`` methods (a subclass's own override is kept)."""
+    from detectron2.modeling.box_regression import Box2BoxTransform
     from detectron2.modeling.proposal_generator.rpn import RPN
-    from detectron2.modeling.roi_heads.roi_heads import ROIHeads
+    from detectron2.modeling.roi_heads.roi_heads import ROIHeads, StandardROIHeads
 
     replaced = []
     rpn = getattr(model, "proposal_generator", None)
@@ -286,9 +364,16 @@ def use_batched_heads(model) -> list:
         if type(rpn).label_and_sample_anchors is RPN.label_and_sample_anchors and rpn.anchor_boundary_thresh < 0:
             rpn.label_and_sample_anchors = types.MethodType(label_and_sample_anchors, rpn)
             replaced.append("RPN.label_and_sample_anchors")
+        if (type(rpn).losses is RPN.losses and rpn.box_reg_loss_type == "smooth_l1"
+                and type(rpn.box2box_transform) is Box2BoxTransform):
+            rpn.losses = types.MethodType(rpn_losses, rpn)
+            replaced.append("RPN.losses")
     heads = getattr(model, "roi_heads", None)
     if isinstance(heads, ROIHeads) and type(heads).label_and_sample_proposals is ROIHeads.label_and_sample_proposals:
         heads.label_and_sample_proposals = types.MethodType(label_and_sample_proposals, heads)
         replaced.append("ROIHeads.label_and_sample_proposals")
+        if isinstance(heads, StandardROIHeads) and type(heads)._forward_mask is StandardROIHeads._forward_mask:
+            heads._forward_mask = types.MethodType(_forward_mask, heads)
+            replaced.append("StandardROIHeads._forward_mask")
     logger.debug("batched heads: %s", ", ".join(replaced) or "none")
     return replaced

@@ -8,7 +8,7 @@ from detectron2.utils.events import EventStorage
 from torchvision.ops import nms
 
 from d2nb.batched_heads import find_top_proposals, label_and_sample_anchors, label_and_sample_proposals, match, \
-    nms_groups, sample, use_batched_heads
+    nms_groups, rpn_losses, sample, use_batched_heads
 
 
 def clustered_boxes(generator, shape, height=480, width=640, cluster=40.0):
@@ -191,8 +191,8 @@ def test_a_model_with_batched_heads_detects_the_same_and_trains():
               {"image": torch.rand(3, 96, 144) * 255, "height": 96, "width": 144}]
     with torch.no_grad():
         expected = model(images)
-        assert use_batched_heads(model) == ["RPN.predict_proposals", "RPN.label_and_sample_anchors",
-                                            "ROIHeads.label_and_sample_proposals"]
+        assert use_batched_heads(model) == ["RPN.predict_proposals", "RPN.label_and_sample_anchors", "RPN.losses",
+                                            "ROIHeads.label_and_sample_proposals", "StandardROIHeads._forward_mask"]
         got = model(images)
     for e, g in zip(expected, got):
         assert torch.equal(g["instances"].pred_boxes.tensor, e["instances"].pred_boxes.tensor)
@@ -219,3 +219,63 @@ def test_batched_heads_leave_a_subclass_own_override_alone():
     model = r50_model()
     model.roi_heads.__class__ = Own
     assert "ROIHeads.label_and_sample_proposals" not in use_batched_heads(model)
+
+
+def test_the_batched_rpn_losses_are_detectron2s_losses():
+    model = r50_model()
+    rpn = model.proposal_generator
+    features = [torch.zeros(3, 256, 128 // s, 160 // s) for s in (4, 8, 16, 32, 64)]
+    anchors = rpn.anchor_generator(features)
+    generator = torch.Generator().manual_seed(11)
+    gt = targets(generator, [6, 0, 3])
+    with EventStorage(0):
+        labels, matched = label_and_sample_anchors(rpn, anchors, gt)
+    counts = [len(a) for a in anchors]
+    logits = [torch.randn(3, n, generator=generator, requires_grad=True) for n in counts]
+    deltas = [torch.randn(3, n, 4, generator=generator, requires_grad=True) for n in counts]
+    with EventStorage(0) as storage:
+        expected = rpn.losses(anchors, logits, labels, deltas, matched)
+        expected_counts = storage.latest()["rpn/num_pos_anchors"][0], storage.latest()["rpn/num_neg_anchors"][0]
+        got = rpn_losses(rpn, anchors, logits, labels, deltas, matched)
+        assert (storage.latest()["rpn/num_pos_anchors"][0], storage.latest()["rpn/num_neg_anchors"][0]) == expected_counts
+    assert set(got) == set(expected) == {"loss_rpn_cls", "loss_rpn_loc"}
+    for name in expected:
+        assert torch.isfinite(got[name]) and torch.allclose(got[name], expected[name], rtol=1e-5), name
+        expected_grads = torch.autograd.grad(expected[name], logits + deltas, allow_unused=True, retain_graph=True)
+        got_grads = torch.autograd.grad(got[name], logits + deltas, allow_unused=True, retain_graph=True)
+        for e, g in zip(expected_grads, got_grads):
+            if e is None:  # this loss does not depend on that input
+                assert g is None or not g.any()
+            else:
+                assert torch.isfinite(g).all() and torch.allclose(g, e, atol=1e-7)
+
+
+def test_the_mask_head_trains_on_the_foreground_samples_detectron2_selects():
+    from detectron2.modeling.roi_heads.roi_heads import select_foreground_proposals
+
+    model = r50_model().train()
+    heads = model.roi_heads
+    use_batched_heads(model)
+    generator = torch.Generator().manual_seed(12)
+    gt = targets(generator, [4, 7])
+    proposals = []
+    for n in (300, 500):
+        p = Instances((128, 160))
+        p.proposal_boxes = Boxes(clustered_boxes(generator, (n,), 128, 160, cluster=20.0).clamp(min=0))
+        p.objectness_logits = torch.randn(n, generator=generator)
+        proposals.append(p)
+    features = {f: torch.randn(2, 256, 128 // s, 160 // s, generator=generator)
+                for f, s in zip(["p2", "p3", "p4", "p5"], (4, 8, 16, 32))}
+    with EventStorage(0) as storage:
+        sampled = heads.label_and_sample_proposals(proposals, gt)
+        selected, _ = select_foreground_proposals(sampled, heads.num_classes)
+        assert [len(x) for x in selected] == [x._d2nb_num_fg for x in sampled]
+        for x, fg in zip(sampled, selected):  # the foreground samples come first
+            assert torch.equal(x[:len(fg)].proposal_boxes.tensor, fg.proposal_boxes.tensor)
+        torch.manual_seed(3)
+        got = heads._forward_mask(features, sampled)["loss_mask"]
+        got_accuracy = storage.latest()["mask_rcnn/accuracy"][0]
+        torch.manual_seed(3)
+        expected = type(heads)._forward_mask(heads, features, sampled)["loss_mask"]
+        assert storage.latest()["mask_rcnn/accuracy"][0] == got_accuracy
+    assert torch.equal(got, expected)
