@@ -24,6 +24,7 @@ def test_fast_mode_config(name, masks):
     cfg = _zoo_cfg(name)
     apply_fast_mode(cfg)
     assert cfg.SOLVER.AMP.ENABLED and cfg.D2NB_TF32 and cfg.D2NB_FOREACH_CLIP and cfg.D2NB_BATCHED_HEADS
+    assert cfg.D2NB_FILE_SYSTEM_SHARING
     assert cfg.INPUT.MASK_FORMAT == ("bitmask" if masks else "polygon")
     assert cfg.DATALOADER.NUM_WORKERS >= 1
 
@@ -67,3 +68,20 @@ def test_trainer_uses_batched_clipping_only_in_fast_mode():
     cfg.set_new_allowed(True)
     cfg.D2NB_FOREACH_CLIP = True
     assert "clip_per_parameter_foreach" in type(Trainer.build_optimizer(cfg, model)).step.__qualname__
+
+
+def test_fast_mode_loader_workers_hand_tensors_over_by_file_name(tmp_path):
+    from d2nb.train import TrainSettings, build_config
+
+    cfg = build_config(TrainSettings(gpus=0, output_dir=str(tmp_path), weights="none", ims_per_batch=2, max_iter=1))
+    cfg.defrost()
+    cfg.DATALOADER.NUM_WORKERS = 1
+    cfg.set_new_allowed(True)
+    cfg.D2NB_FILE_SYSTEM_SHARING = True
+    before = torch.multiprocessing.get_sharing_strategy()
+    try:
+        batch = next(iter(Trainer.build_train_loader(cfg)))
+        assert torch.multiprocessing.get_sharing_strategy() == "file_system"
+    finally:
+        torch.multiprocessing.set_sharing_strategy(before)
+    assert len(batch) == 2 and all(x["image"].dtype == torch.uint8 and len(x["instances"]) > 0 for x in batch)

@@ -2,7 +2,8 @@
 
 ``apply_fast_mode`` sets them in the config when ``build_config`` makes it; the trainer reads
 them back: ``enable_tf32`` before training, ``clip_per_parameter_foreach`` when it builds the
-optimizer, ``d2nb.batched_heads.use_batched_heads`` when it builds the model. benchmarks/RESULTS.md has the measurements behind each choice.
+optimizer, ``d2nb.batched_heads.use_batched_heads`` when it builds the model,
+``share_tensors_by_file_name`` when it builds the training loader. benchmarks/RESULTS.md has the measurements behind each choice.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ def apply_fast_mode(cfg) -> None:
     (``SOLVER.AMP``), TF32 matrix products, more data-loading workers, mask targets read
     as bitmasks (``INPUT.MASK_FORMAT bitmask``), and the RPN's and ROI heads' per-picture
     loops run for the whole batch at once (``D2NB_BATCHED_HEADS``, ``d2nb.batched_heads``:
-    the same proposals and labels, sampled with other random numbers).
+    the same proposals and labels, sampled with other random numbers), and loader workers
+    handing tensors over by shared-memory file name (``D2NB_FILE_SYSTEM_SHARING``).
 
     Measured on the lent H100 (benchmarks/RESULTS.md): a Mask R-CNN step there is bound by the
     main process's CPU, not the GPU (the GPU was busy 0.22 s of a 0.6 s step), and rasterising
@@ -33,6 +35,7 @@ def apply_fast_mode(cfg) -> None:
     cfg.D2NB_TF32 = True
     cfg.D2NB_FOREACH_CLIP = True
     cfg.D2NB_BATCHED_HEADS = True
+    cfg.D2NB_FILE_SYSTEM_SHARING = True
     cfg.set_new_allowed(False)
 
 
@@ -55,6 +58,19 @@ def clip_per_parameter_foreach(optimizer, max_norm: float, norm_type: float = 2.
 
     optimizer.__class__ = type(base.__name__ + "WithGradientClip", (base,), {"step": step})
     return optimizer
+
+
+def share_tensors_by_file_name() -> None:
+    """Loader workers hand their tensors to the training process by shared-memory file name
+    (torch's ``file_system`` sharing strategy, for this process and the workers it starts).
+    torch's default passes each tensor's file descriptor over a new socket connection to the
+    worker, with an authentication handshake each: four tensors a picture (image, boxes,
+    classes, masks), 64 round trips a 16-picture step, each waiting for the busy worker's
+    Python to answer. On the H200 the training process waited 45 ms a step for its data that
+    way with 8 workers, and 39 ms with 14 (benchmarks/results/NOTES.md)."""
+    import torch.multiprocessing
+
+    torch.multiprocessing.set_sharing_strategy("file_system")
 
 
 def enable_tf32(cfg) -> None:

@@ -32,9 +32,10 @@ from d2nb.parameters import flag
 AUTO = "auto"
 # Keys that may differ between the runs of one output_dir without changing what is trained:
 # where it is written and read from, how many loader processes this machine has, the device
-# (a Colab runtime with or without a GPU), how often to save and to evaluate, what to evaluate on.
+# (a Colab runtime with or without a GPU), how often to save and to evaluate, what to evaluate on,
+# how loader workers hand tensors over.
 IGNORED_KEYS = ("OUTPUT_DIR", "MODEL.DEVICE", "DATALOADER.NUM_WORKERS", "SOLVER.CHECKPOINT_PERIOD",
-                "TEST.EVAL_PERIOD", "DATASETS.TEST", "VIS_PERIOD", "CUDNN_BENCHMARK")
+                "TEST.EVAL_PERIOD", "DATASETS.TEST", "VIS_PERIOD", "CUDNN_BENCHMARK", "D2NB_FILE_SYSTEM_SHARING")
 # d2nb scales these with max_iter (``build_config``): they follow a max_iter that grows
 SCHEDULE_KEYS = ("SOLVER.STEPS", "SOLVER.WARMUP_ITERS")
 DATASET_KEYS = ("DATASETS.TRAIN", "classes", "annotations")

@@ -27,7 +27,7 @@ from d2nb.faults import diverged, is_out_of_memory, out_of_memory
 from d2nb.modeling import register as register_model_parts
 from d2nb.train.checkpoints import TimedCheckpointer
 from d2nb.train.config import optimizer_name
-from d2nb.train.fast import clip_per_parameter_foreach, enable_tf32
+from d2nb.train.fast import clip_per_parameter_foreach, enable_tf32, share_tensors_by_file_name
 from d2nb.train.interrupt import save_after_interrupt, save_after_out_of_memory
 from d2nb.train.monitor import LiveMonitor, in_notebook, run_title
 from d2nb.train.output import prints_to_log, setup_run_logging, write_class_names
@@ -73,6 +73,13 @@ class Trainer(DefaultTrainer):
         elif cfg.get("D2NB_BATCHED_HEADS", False):
             logger.info("Batched RPN and ROI-head loops: %s", ", ".join(use_batched_heads(model)) or "none")
         return model
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """detectron2's training loader; in fast mode its workers hand tensors over by file name."""
+        if cfg.get("D2NB_FILE_SYSTEM_SHARING", False) and cfg.DATALOADER.NUM_WORKERS > 0:
+            share_tensors_by_file_name()
+        return super().build_train_loader(cfg)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
