@@ -73,13 +73,7 @@ def main(argv=None) -> int:
                 if args.torch_profile:
                     kernels = torch.profiler.profile(activities=_activities(torch))
                     kernels.__enter__()
-            sync()
-            started = time.perf_counter()
-            trainer.before_step()
-            trainer.run_step()
-            trainer.after_step()
-            sync()
-            times.append(time.perf_counter() - started)
+            times.append(_timed_step(trainer, sync))
         profile.disable()
         if kernels is not None:
             kernels.__exit__(None, None, None)
@@ -121,6 +115,17 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     return 0
+
+
+def _timed_step(trainer, sync) -> float:
+    """One training step with its hooks, in seconds, the GPU synchronised before and after."""
+    sync()
+    started = time.perf_counter()
+    trainer.before_step()
+    trainer.run_step()
+    trainer.after_step()
+    sync()
+    return time.perf_counter() - started
 
 
 def _time_stages(trainer, steps: int, sync) -> dict:
@@ -169,13 +174,7 @@ def _time_stages(trainer, steps: int, sync) -> dict:
     try:
         for _ in range(steps):
             trainer.iter += 1
-            sync()
-            started = time.perf_counter()
-            trainer.before_step()
-            trainer.run_step()
-            trainer.after_step()
-            sync()
-            step_total += time.perf_counter() - started
+            step_total += _timed_step(trainer, sync)
     finally:
         loop._data_loader_iter_obj = iterator
         for owner, attr, saved in reversed(patches):

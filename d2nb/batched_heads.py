@@ -280,9 +280,9 @@ def label_and_sample_proposals(self, proposals, targets):
 
 def rpn_losses(self, anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas, gt_boxes):
     """``RPN.losses`` (smooth L1, ``Box2BoxTransform``) for all pictures at once: the regression
-    targets in one pass instead of one per picture (each with a host synchronisation), the
-    sums over the sampled anchors as masked sums instead of boolean indexing. The same losses
-    up to the order of the sums. Bound by ``use_batched_heads``."""
+    targets in one ``get_deltas`` call instead of one per picture (each with a host
+    synchronisation), the sums over the sampled anchors as masked sums instead of boolean
+    indexing. The same losses up to the order of the sums. Bound by ``use_batched_heads``."""
     import torch.nn.functional as F
     from detectron2.structures import Boxes
     from detectron2.utils.events import get_event_storage
@@ -292,14 +292,11 @@ def rpn_losses(self, anchors, pred_objectness_logits, gt_labels, pred_anchor_del
     gt_labels = torch.stack(gt_labels)
     positive, valid = gt_labels == 1, gt_labels >= 0
     anchors = Boxes.cat(anchors).tensor if isinstance(anchors[0], Boxes) else torch.cat(anchors)
-    widths = anchors[:, 2] - anchors[:, 0]
-    num_positive, num_negative, anchors_valid = torch.stack(
-        [positive.sum(), (gt_labels == 0).sum(), (widths > 0).all()]).tolist()  # the one host synchronisation
-    assert anchors_valid, "Input boxes to Box2BoxTransform are not valid!"
+    num_positive, num_negative = torch.stack([positive.sum(), (gt_labels == 0).sum()]).tolist()
     storage = get_event_storage()
     storage.put_scalar("rpn/num_pos_anchors", num_positive / num_images)
     storage.put_scalar("rpn/num_neg_anchors", num_negative / num_images)
-    targets = _box_deltas(self.box2box_transform.weights, anchors[None], torch.stack(gt_boxes))
+    targets = self.box2box_transform.get_deltas(anchors.repeat(num_images, 1), torch.cat(gt_boxes)).view(num_images, -1, 4)
     predicted = torch.cat(pred_anchor_deltas, dim=1)
     targets = torch.where(positive[..., None], targets, predicted.detach().to(targets.dtype))  # no inf off the positives
     per_anchor = smooth_l1_loss(predicted, targets, beta=self.smooth_l1_beta, reduction="none")
@@ -310,17 +307,6 @@ def rpn_losses(self, anchors, pred_objectness_logits, gt_labels, pred_anchor_del
     normalizer = self.batch_size_per_image * num_images
     losses = {"loss_rpn_cls": objectness_loss / normalizer, "loss_rpn_loc": localization_loss / normalizer}
     return {k: v * self.loss_weight.get(k, 1.0) for k, v in losses.items()}
-
-
-def _box_deltas(weights, src, target):
-    """``Box2BoxTransform.get_deltas``'s arithmetic for boxes of any leading shape (..., 4)."""
-    src_widths, src_heights = src[..., 2] - src[..., 0], src[..., 3] - src[..., 1]
-    src_x, src_y = src[..., 0] + 0.5 * src_widths, src[..., 1] + 0.5 * src_heights
-    widths, heights = target[..., 2] - target[..., 0], target[..., 3] - target[..., 1]
-    x, y = target[..., 0] + 0.5 * widths, target[..., 1] + 0.5 * heights
-    wx, wy, ww, wh = weights
-    return torch.stack((wx * (x - src_x) / src_widths, wy * (y - src_y) / src_heights,
-                        ww * torch.log(widths / src_widths), wh * torch.log(heights / src_heights)), dim=-1)
 
 
 def _forward_mask(self, features, instances):
