@@ -7,7 +7,9 @@ Runs, each in its own subprocess (fresh CUDA context), on the synthetic dataset:
 - ``fast``: d2nb's fast mode (``fast=True``: AMP, TF32, 8 data-loading workers, bitmask targets,
   the RPN's and ROI heads' loops batched);
 - ``fast_loops``: fast mode with detectron2's per-picture RPN and ROI-head loops
-  (``D2NB_BATCHED_HEADS False``), to show what batching them gives.
+  (``D2NB_BATCHED_HEADS False``), to show what batching them gives;
+- ``fast_plain_step``: fast mode with detectron2's ``AMPTrainer`` step (``D2NB_FAST_STEP False``),
+  to show what ``d2nb.train.fast_step`` gives.
 
 Every run trains ``--iters`` iterations at ``--ims`` images per batch without evaluation and
 reports wall-clock s/iter of the whole training loop; the loss curves of ``fast`` and
@@ -98,7 +100,12 @@ def run_fast_loops(args, output_dir: Path) -> dict:
     return run_fast(args, output_dir, ["D2NB_BATCHED_HEADS", "False"])
 
 
-RUNS = {"baseline": run_baseline, "notebook": run_notebook, "fast": run_fast, "fast_loops": run_fast_loops}
+def run_fast_plain_step(args, output_dir: Path) -> dict:
+    return run_fast(args, output_dir, ["D2NB_FAST_STEP", "False"])
+
+
+RUNS = {"baseline": run_baseline, "notebook": run_notebook, "fast": run_fast, "fast_loops": run_fast_loops,
+        "fast_plain_step": run_fast_plain_step}
 
 
 def loss_curve(output_dir: Path) -> dict:

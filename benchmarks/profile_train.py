@@ -167,6 +167,8 @@ def _time_stages(trainer, steps: int, sync) -> dict:
     patch(loop, "_write_metrics", "metrics (losses to the host)")
     scaler = getattr(loop, "grad_scaler", None)
     patch(scaler if scaler is not None else loop.optimizer, "step", "optimizer (clip, unscale, SGD)")
+    if scaler is not None and type(loop).__name__ == "FastStepTrainer":  # it unscales before step
+        patch(scaler, "unscale_", "optimizer (clip, unscale, SGD)")
     patch(torch.Tensor, "backward", "backward")
     iterator = loop._data_loader_iter
     loop._data_loader_iter_obj = _TimedIterator(iterator, timed("data (next batch from the loader)", next))

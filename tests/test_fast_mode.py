@@ -24,7 +24,7 @@ def test_fast_mode_config(name, masks):
     cfg = _zoo_cfg(name)
     apply_fast_mode(cfg)
     assert cfg.SOLVER.AMP.ENABLED and cfg.D2NB_TF32 and cfg.D2NB_FOREACH_CLIP and cfg.D2NB_BATCHED_HEADS
-    assert cfg.D2NB_FILE_SYSTEM_SHARING
+    assert cfg.D2NB_FILE_SYSTEM_SHARING and cfg.D2NB_FAST_STEP
     assert cfg.INPUT.MASK_FORMAT == ("bitmask" if masks else "polygon")
     assert cfg.DATALOADER.NUM_WORKERS >= 1
 

@@ -3,7 +3,9 @@
 ``apply_fast_mode`` sets them in the config when ``build_config`` makes it; the trainer reads
 them back: ``enable_tf32`` before training, ``clip_per_parameter_foreach`` when it builds the
 optimizer, ``d2nb.batched_heads.use_batched_heads`` when it builds the model,
-``share_tensors_by_file_name`` when it builds the training loader. benchmarks/RESULTS.md has the measurements behind each choice.
+``share_tensors_by_file_name`` when it builds the training loader, and
+``d2nb.train.fast_step.FastStepTrainer`` (with a fused SGD) as its step. benchmarks/RESULTS.md
+has the measurements behind each choice.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ def apply_fast_mode(cfg) -> None:
     as bitmasks (``INPUT.MASK_FORMAT bitmask``), and the RPN's and ROI heads' per-picture
     loops run for the whole batch at once (``D2NB_BATCHED_HEADS``, ``d2nb.batched_heads``:
     the same proposals and labels, sampled with other random numbers), and loader workers
-    handing tensors over by shared-memory file name (``D2NB_FILE_SYSTEM_SHARING``).
+    handing tensors over by shared-memory file name (``D2NB_FILE_SYSTEM_SHARING``), and a step
+    that never waits for the GPU outside the model (``D2NB_FAST_STEP``, ``d2nb.train.fast_step``:
+    batches pinned and copied ahead, losses read behind an event, a fused SGD).
 
     Measured on the lent H100 (benchmarks/RESULTS.md): a Mask R-CNN step there is bound by the
     main process's CPU, not the GPU (the GPU was busy 0.22 s of a 0.6 s step), and rasterising
@@ -36,6 +40,7 @@ def apply_fast_mode(cfg) -> None:
     cfg.D2NB_FOREACH_CLIP = True
     cfg.D2NB_BATCHED_HEADS = True
     cfg.D2NB_FILE_SYSTEM_SHARING = True
+    cfg.D2NB_FAST_STEP = True
     cfg.set_new_allowed(False)
 
 

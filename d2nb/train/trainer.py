@@ -2,7 +2,8 @@
 
 ``Trainer`` is detectron2's ``DefaultTrainer`` with d2nb's parts: atomic checkpoints
 (``d2nb.checkpoint``), COCO evaluation, the CPU recipe's model parts and separable ROIAlign,
-AdamW for the recipe and fast mode's batched gradient clipping. Its hooks are detectron2's
+AdamW for the recipe, and fast mode's step (``d2nb.train.fast_step``: no waits for the GPU
+outside the model, a fused SGD) and batched gradient clipping. Its hooks are detectron2's
 plus the validation loss (``d2nb.train.validation``), the live monitor (``d2nb.train.monitor``)
 and any ``extra_hooks``.
 
@@ -18,7 +19,7 @@ import os
 import time
 from pathlib import Path
 
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import AMPTrainer, DefaultTrainer
 from detectron2.evaluation import COCOEvaluator
 
 from d2nb.batched_heads import use_batched_heads
@@ -28,6 +29,7 @@ from d2nb.modeling import register as register_model_parts
 from d2nb.train.checkpoints import TimedCheckpointer
 from d2nb.train.config import optimizer_name
 from d2nb.train.fast import clip_per_parameter_foreach, enable_tf32, share_tensors_by_file_name
+from d2nb.train.fast_step import FastStepTrainer
 from d2nb.train.interrupt import save_after_interrupt, save_after_out_of_memory
 from d2nb.train.monitor import LiveMonitor, in_notebook, run_title
 from d2nb.train.output import prints_to_log, setup_run_logging, write_class_names
@@ -46,6 +48,17 @@ class Trainer(DefaultTrainer):
         self._extra_hooks = list(extra_hooks)
         self._validation_loss = validation_loss
         super().__init__(cfg)
+        if cfg.get("D2NB_FAST_STEP", False) and cfg.MODEL.DEVICE != "cpu" and isinstance(self._trainer, AMPTrainer):
+            self._trainer = FastStepTrainer.replacing(self._trainer, cfg.MODEL.DEVICE)
+
+    def load_state_dict(self, state_dict):
+        # torch's Optimizer.load_state_dict takes the saved groups' kernel choice (foreach,
+        # fused) too: a fast-mode run resumed without it, or the other way, keeps this run's
+        optimizer = self._trainer.optimizer
+        kernels = [(group.get("foreach"), group.get("fused")) for group in optimizer.param_groups]
+        super().load_state_dict(state_dict)
+        for group, (foreach, fused) in zip(optimizer.param_groups, kernels):
+            group["foreach"], group["fused"] = foreach, fused
 
     def build_hooks(self):
         # DefaultTrainer makes its checkpointer just before calling this; swap it before the
@@ -84,8 +97,10 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_optimizer(cls, cfg, model):
         """SGD as detectron2 builds it, or AdamW where the config says ``SOLVER.OPTIMIZER: AdamW``
-        (d2nb's from-scratch CPU recipe: it converges in far fewer steps than SGD). Fast mode
-        clips per-parameter gradient norms in batched operations (same result)."""
+        (d2nb's from-scratch CPU recipe: it converges in far fewer steps than SGD). Fast mode's
+        SGD is torch's fused one (``D2NB_FAST_STEP``: the same update, which skips itself on the
+        GPU when AMP's gradients overflow) and clips per-parameter gradient norms in batched
+        operations (same result)."""
         clip = cfg.SOLVER.CLIP_GRADIENTS
         if cfg.get("D2NB_FOREACH_CLIP", False) and clip.ENABLED and clip.CLIP_TYPE == "norm":
             plain = cfg.clone()
@@ -96,10 +111,20 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def _build_optimizer(cls, cfg, model):
-        if optimizer_name(cfg) != "AdamW":
-            return super().build_optimizer(cfg, model)
         import torch
         from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+
+        if optimizer_name(cfg) != "AdamW":
+            if not (cfg.get("D2NB_FAST_STEP", False) and cfg.MODEL.DEVICE != "cpu"):
+                return super().build_optimizer(cfg, model)
+            # detectron2's build_optimizer, with the fused kernel in place of foreach
+            params = get_default_optimizer_params(model, base_lr=cfg.SOLVER.BASE_LR,
+                                                  weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+                                                  bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+                                                  weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS)
+            return maybe_add_gradient_clipping(
+                cfg, torch.optim.SGD(params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM,
+                                     nesterov=cfg.SOLVER.NESTEROV, weight_decay=cfg.SOLVER.WEIGHT_DECAY, fused=True))
 
         params = get_default_optimizer_params(model, base_lr=cfg.SOLVER.BASE_LR,
                                               weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM)
