@@ -129,8 +129,7 @@ def training_ceiling(ims: int, size: str, iters: int, batched_heads: bool = Fals
     if d2nb_step:
         from d2nb.train import Trainer
 
-        cfg.set_new_allowed(True)
-        cfg.merge_from_list(["D2NB_FAST_STEP", "True", "D2NB_FOREACH_CLIP", "True"])
+        cfg.D2NB_FAST_STEP = cfg.D2NB_FOREACH_CLIP = True
         optimizer = Trainer.build_optimizer(cfg, model)
     else:
         optimizer = build_optimizer(cfg, model)

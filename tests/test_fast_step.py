@@ -15,7 +15,7 @@ from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 
 from d2nb.train import Trainer, TrainSettings, build_config, clip_per_parameter_foreach
-from d2nb.train.fast_step import DeviceFeed, FastStepTrainer, to_device
+from d2nb.train.fast_step import DeviceFeed, FastStepTrainer, fused_sgd, to_device
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +148,27 @@ def test_resuming_keeps_this_runs_optimizer_kernel(recipe):
         group["fused"], group["foreach"] = False, True
     trainer.load_state_dict(saved)
     assert all(group["fused"] and not group["foreach"] for group in optimizer.param_groups)
+
+
+def test_a_skipped_first_step_leaves_the_fused_sgds_momentum_as_detectron2s_sgd_has_it():
+    # torch's own fused SGD keeps uninitialised buffers when its first step is skipped (d2nb.train.fast_step.fused_sgd)
+    torch.manual_seed(0)
+    model = _TwoLosses()
+    twin = copy.deepcopy(model)
+    batches = [[{"x": torch.full((3,), 1e34)}], [{"x": torch.randn(3)}], [{"x": torch.randn(3)}]]
+    ours = FastStepTrainer(model, copy.deepcopy(batches), fused_sgd(model.parameters(), lr=0.1, momentum=0.9),
+                           torch.amp.GradScaler("cpu"), device="cpu")
+    foreach = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9, foreach=True)
+    scaler = torch.amp.GradScaler("cpu")
+    with EventStorage(0) as storage:
+        ours.storage = storage
+        for batch in batches:
+            ours.run_step()
+            losses = twin([batch[0]])  # AMPTrainer's order: scale, backward, step (skipped on overflow), update
+            foreach.zero_grad()
+            scaler.scale(sum(losses.values())).backward()
+            scaler.step(foreach)
+            scaler.update()
+    ours.close()
+    torch.testing.assert_close(model.weight.detach(), twin.weight.detach())
+    assert not torch.equal(model.weight.detach(), torch.ones(3))

@@ -14,8 +14,8 @@ fetch, copy or queue the next step's forward; the GPU then idles while the host 
 - the losses are copied to pinned host memory behind an event as soon as the forward has
   queued them, and written to the ``EventStorage`` after ``backward()``, by which time the GPU
   has long computed them (the same values, at the same iteration, and the same NaN check);
-- a fused optimizer (``torch.optim.SGD(fused=True)``, see ``Trainer.build_optimizer``) takes
-  the scaler's found-inf flag on the GPU and skips the update there; gradients are unscaled
+- a fused optimizer (``fused_sgd``, which ``Trainer.build_optimizer`` builds) takes the
+  scaler's found-inf flag on the GPU and skips the update there; gradients are unscaled
   before ``step`` so that gradient clipping sees them as detectron2's AMP step shows them.
 """
 
@@ -59,6 +59,23 @@ def _to_device(value, device):
     if device is not None and hasattr(value, "to"):  # e.g. PolygonMasks: lists of numpy arrays
         return value.to(device)
     return value
+
+
+def fused_sgd(params, lr: float, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
+    """``torch.optim.SGD(fused=True)`` with its momentum buffers made at zero.
+
+    torch's fused SGD makes its buffers with ``empty_like`` and fills them in the kernel of the
+    first step; when the scaler skips that step (AMP's first steps overflow at the initial scale
+    of 2**16), the kernel returns before filling them and every later step adds that garbage:
+    an R-50 trained from scratch diverged at its fifth iteration on the H200. A zero buffer is
+    the same first update (``momentum * 0 + grad``: detectron2's SGD has no dampening)."""
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                                fused=True)
+    if momentum:
+        for group in optimizer.param_groups:
+            for parameter in group["params"]:
+                optimizer.state[parameter]["momentum_buffer"] = torch.zeros_like(parameter)
+    return optimizer
 
 
 class DeviceFeed:

@@ -29,7 +29,7 @@ from d2nb.modeling import register as register_model_parts
 from d2nb.train.checkpoints import TimedCheckpointer
 from d2nb.train.config import optimizer_name
 from d2nb.train.fast import clip_per_parameter_foreach, enable_tf32, share_tensors_by_file_name
-from d2nb.train.fast_step import FastStepTrainer
+from d2nb.train.fast_step import FastStepTrainer, fused_sgd
 from d2nb.train.interrupt import save_after_interrupt, save_after_out_of_memory
 from d2nb.train.monitor import LiveMonitor, in_notebook, run_title
 from d2nb.train.output import prints_to_log, setup_run_logging, write_class_names
@@ -123,8 +123,8 @@ class Trainer(DefaultTrainer):
                                                   bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
                                                   weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS)
             return maybe_add_gradient_clipping(
-                cfg, torch.optim.SGD(params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM,
-                                     nesterov=cfg.SOLVER.NESTEROV, weight_decay=cfg.SOLVER.WEIGHT_DECAY, fused=True))
+                cfg, fused_sgd(params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM,
+                               nesterov=cfg.SOLVER.NESTEROV, weight_decay=cfg.SOLVER.WEIGHT_DECAY))
 
         params = get_default_optimizer_params(model, base_lr=cfg.SOLVER.BASE_LR,
                                               weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM)
