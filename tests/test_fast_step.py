@@ -64,9 +64,9 @@ def test_the_fast_step_trains_the_model_as_detectron2s_step_does(recipe):
 
 
 class _TwoLosses(torch.nn.Module):
-    def __init__(self):
+    def __init__(self, size=3):
         super().__init__()
-        self.weight = torch.nn.Parameter(torch.ones(3))
+        self.weight = torch.nn.Parameter(torch.ones(size))
 
     def forward(self, batch):
         x = torch.stack([item["x"] for item in batch])
@@ -153,9 +153,9 @@ def test_resuming_keeps_this_runs_optimizer_kernel(recipe):
 def test_a_skipped_first_step_leaves_the_fused_sgds_momentum_as_detectron2s_sgd_has_it():
     # torch's own fused SGD keeps uninitialised buffers when its first step is skipped (d2nb.train.fast_step.fused_sgd)
     torch.manual_seed(0)
-    model = _TwoLosses()
+    model = _TwoLosses(4096)
     twin = copy.deepcopy(model)
-    batches = [[{"x": torch.full((3,), 1e34)}], [{"x": torch.randn(3)}], [{"x": torch.randn(3)}]]
+    batches = [[{"x": torch.full((4096,), 1e34)}], [{"x": torch.randn(4096)}], [{"x": torch.randn(4096)}]]
     ours = FastStepTrainer(model, copy.deepcopy(batches), fused_sgd(model.parameters(), lr=0.1, momentum=0.9),
                            torch.amp.GradScaler("cpu"), device="cpu")
     foreach = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9, foreach=True)
@@ -163,6 +163,8 @@ def test_a_skipped_first_step_leaves_the_fused_sgds_momentum_as_detectron2s_sgd_
     with EventStorage(0) as storage:
         ours.storage = storage
         for batch in batches:
+            dirty = torch.full((4096,), float("nan"))  # freed memory an uninitialised buffer would reuse
+            del dirty
             ours.run_step()
             losses = twin([batch[0]])  # AMPTrainer's order: scale, backward, step (skipped on overflow), update
             foreach.zero_grad()
@@ -171,4 +173,4 @@ def test_a_skipped_first_step_leaves_the_fused_sgds_momentum_as_detectron2s_sgd_
             scaler.update()
     ours.close()
     torch.testing.assert_close(model.weight.detach(), twin.weight.detach())
-    assert not torch.equal(model.weight.detach(), torch.ones(3))
+    assert not torch.equal(model.weight.detach(), torch.ones(4096))
