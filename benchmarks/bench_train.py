@@ -108,9 +108,16 @@ RUNS = {"baseline": run_baseline, "notebook": run_notebook, "fast": run_fast, "f
         "fast_plain_step": run_fast_plain_step}
 
 
-def loss_curve(output_dir: Path) -> dict:
+def loss_curve(output_dir: Path, key: str = "total_loss") -> dict:
     rows = [json.loads(line) for line in (output_dir / "metrics.json").read_text().splitlines()]
-    return {r["iteration"]: r["total_loss"] for r in rows if "total_loss" in r}
+    return {r["iteration"]: r[key] for r in rows if key in r}
+
+
+def loss_curves(output_dir: Path) -> dict:
+    """Every loss term's logged curve (loss_rpn_cls, loss_mask, ...): where two runs' totals part."""
+    rows = [json.loads(line) for line in (output_dir / "metrics.json").read_text().splitlines()]
+    keys = sorted({k for r in rows for k in r if k.startswith("loss_")})
+    return {key: loss_curve(output_dir, key) for key in keys}
 
 
 def compare_curves(a: dict, b: dict, from_iter: int) -> float:
@@ -150,6 +157,7 @@ def main(argv=None) -> int:
         r["seconds_per_iter"] = r["train_seconds"] / r["iterations_run"]
         r["images_per_second"] = args.ims / r["seconds_per_iter"]
         r["loss_curve"] = loss_curve(work / name)
+        r["loss_curves"] = loss_curves(work / name)
         results[name] = r
         print(f"{name:>9}: {r['seconds_per_iter']:.4f} s/iter, {r['images_per_second']:.1f} images/s", flush=True)
     summary = {"config": args.config, "iters": args.iters, "ims_per_batch": args.ims, "size": args.size,

@@ -10,11 +10,13 @@ import json
 from pathlib import Path
 
 HERE = Path(__file__).parent
-TARGETS = {  # issue 7
+TARGETS = {  # issue 7 (the notebook), issue 21 (fast mode: x2, was x1.4 in issue 7)
     "notebook": ("s/iter vs baseline at most x1.02", lambda run: run["s_per_iter_ratio_vs_baseline"] <= 1.02),
-    "fast": ("images/s vs baseline at least x1.4, loss curve within the baseline's own noise",
-             lambda run: run["images_per_second_ratio_vs_baseline"] >= 1.4
-             and run["loss_curve_mean_relative_difference"] <= run.get("baseline_curve_noise", 0)),
+    "fast": ("images/s vs baseline at least x2, loss curve within the noise (the baseline's point-to-point change, "
+             "or fast mode's own run-to-run spread where measured)",
+             lambda run: run["images_per_second_ratio_vs_baseline"] >= 2.0
+             and run["loss_curve_mean_relative_difference"] <= max(run.get("baseline_curve_noise", 0),
+                                                                   run.get("run_to_run_noise", 0))),
 }
 
 
@@ -39,7 +41,9 @@ def train_section(path: Path, data: dict) -> list:
             lines.append(f"| {name} | {run['seconds_per_iter']:.4f} | {run['images_per_second']:.1f} | 1 | 1 | - | - |")
             continue
         noise = run.get("baseline_curve_noise")
-        curve = f"{100 * run['loss_curve_mean_relative_difference']:.1f}%" + (f" ({100 * noise:.1f}%)" if noise else "")
+        spread = run.get("run_to_run_noise")
+        curve = f"{100 * run['loss_curve_mean_relative_difference']:.1f}%" + (f" ({100 * noise:.1f}%" if noise else "") \
+            + (f"; run to run {100 * spread:.1f}%" if spread else "") + (")" if noise else "")
         target, check = TARGETS.get(name, ("-", None))
         verdict = f"{target}: {_met(check(run))}" if check else "-"
         lines.append(f"| {name} | {run['seconds_per_iter']:.4f} | {run['images_per_second']:.1f} | x{ratio:.3f} | "
@@ -159,7 +163,9 @@ def ceiling_section(path: Path, data: dict) -> list:
         baseline = training.get("pipelines", {}).get("baseline")
         ceilings = [(f"ceiling: the step with its batch on the GPU (AMP, bitmask targets, {label})", training[key])
                     for key, label in (("ceiling_detectron2_loops", "detectron2's per-picture loops"),
-                                       ("ceiling_batched_heads", "d2nb's batched heads")) if key in training] \
+                                       ("ceiling_batched_heads", "d2nb's batched heads"),
+                                       ("ceiling_batched_heads_fast_step", "d2nb's batched heads and fast step: fused SGD, "
+                                                                           "no host wait")) if key in training] \
             or [("ceiling: the step with its batch on the GPU (AMP, bitmask targets)", c)]
         rows = [(label, r["images_s"]) for label, r in ceilings] + [
             ("detectron2 DefaultTrainer (fp32)" if name == "baseline" else f"d2nb {name}", v)
