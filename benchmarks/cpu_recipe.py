@@ -29,6 +29,7 @@ def main(argv=None) -> int:
     parser.add_argument("--num-train", type=int, default=None, help="synthetic training images")
     parser.add_argument("--num-val", type=int, default=None, help="synthetic validation images")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cpu-processes", type=int, default=1, help="DDP processes over gloo (one thread each)")
     parser.add_argument("--config", default=None, help="a yaml in place of the recipe (e.g. an edited copy)")
     parser.add_argument("--output-root", default="/tmp/d2nb-cpu-recipe")
     parser.add_argument("--out", default="/tmp/d2nb-cpu-recipe/results.jsonl")
@@ -48,6 +49,7 @@ def main(argv=None) -> int:
     settings = TrainSettings(gpus=0, output_dir=str(Path(args.output_root) / args.tag), config=args.config,
                              max_iter=args.max_iter,
                              ims_per_batch=args.ims, base_lr=args.base_lr, seed=args.seed, monitor=False,
+                             cpu_processes=args.cpu_processes,
                              opts=list(args.opts))
     spec = settings.synthetic
     if args.num_train:
@@ -60,6 +62,7 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - started
     speed = re.findall(r"Overall training speed: .*\(([\d.]+) s / it\)", (Path(settings.output_dir) / "log.txt").read_text())
     row = {"tag": args.tag, "opts": args.opts, "max_iter": args.max_iter, "ims": args.ims, "threads": torch.get_num_threads(),
+           "cpu_processes": args.cpu_processes,
            "seconds": round(seconds, 1), "s_per_iter": float(speed[-1]) if speed else None,
            **{f"{task}/{k}": round(v, 2) for task, values in result.metrics.items() for k, v in values.items()
               if isinstance(v, float)}}

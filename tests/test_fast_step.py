@@ -114,6 +114,17 @@ def test_the_feed_raises_the_loaders_error_where_its_batch_would_be():
     feed.close()
 
 
+def test_a_loader_that_fails_at_once_fails_the_first_step():
+    def batches():
+        raise FileNotFoundError("images/0001.jpg")
+        yield
+
+    feed = DeviceFeed(batches(), "cpu")
+    with pytest.raises(FileNotFoundError, match="0001"):
+        next(feed)
+    feed.close()
+
+
 def test_closing_the_feed_stops_its_thread_while_the_loader_has_more():
     def endless():
         while True:

@@ -79,9 +79,9 @@ def fused_sgd(params, lr: float, momentum: float = 0.0, nesterov: bool = False, 
 
 
 class DeviceFeed:
-    """Batches from ``batches`` on ``device``: a daemon thread fetches up to ``depth`` batches
-    ahead and pins them (on a CUDA device); ``next`` hands one to the GPU with non-blocking
-    copies. An error in the loader is raised by the ``next`` call that would have returned its
+    """Batches from ``batches`` on ``device``: the first is fetched here, then a daemon thread
+    fetches up to ``depth`` batches ahead and pins them (on a CUDA device); ``next`` hands one
+    to the GPU with non-blocking copies. An error in the loader is raised by the ``next`` call that would have returned its
     batch; ``close`` stops the thread and lets go of the loader (and its worker processes)."""
 
     _END = object()
@@ -91,18 +91,31 @@ class DeviceFeed:
         self._pinned = self.device.type == "cuda"
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._fill, args=(iter(batches),), name="d2nb-device-feed", daemon=True)
-        self._thread.start()
+        batches = iter(batches)
+        # the first batch here: a loader starts its worker processes on its first batch, and
+        # they are forked from this (the main) thread, as detectron2's own loop forks them
+        if self._take(batches):
+            self._thread = threading.Thread(target=self._fill, args=(batches,), name="d2nb-device-feed", daemon=True)
+            self._thread.start()
+        else:
+            self._thread = threading.Thread(target=lambda: None)
 
     def _fill(self, batches) -> None:
+        while not self._stop.is_set() and self._take(batches):
+            pass
+
+    def _take(self, batches) -> bool:
+        """Queue the next batch (pinned), or the end, or the loader's error; False after the last."""
         try:
-            for batch in batches:
-                if self._stop.is_set():
-                    return
-                self._put(pin(batch) if self._pinned else batch)
+            batch = next(batches)
+        except StopIteration:
             self._put(self._END)
+            return False
         except BaseException as error:  # handed to the training thread, which raises it
             self._put(error)
+            return False
+        self._put(pin(batch) if self._pinned else batch)
+        return True
 
     def _put(self, item) -> None:
         while not self._stop.is_set():
@@ -126,7 +139,8 @@ class DeviceFeed:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
         while not self._queue.empty():  # pinned batches not taken
             self._queue.get_nowait()
 
