@@ -46,7 +46,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        ("num_workers", int), ("cpu_processes", int), ("val_loss_period", int), ("val_loss_images", int)):
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(defaults, name))
     p.add_argument("--amp", action="store_true", help="mixed precision (GPU)")
-    p.add_argument("--fast", action="store_true", help="GPU speed-ups that keep the loss curve (AMP, TF32, more workers)")
+    p.add_argument("--fast", action="store_true", help="GPU speed-ups that keep the model (AMP, TF32, batched heads, more workers): about x2 images/s")
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                    help="KEY VALUE config options, applied last, as train_net.py takes them")
     return p

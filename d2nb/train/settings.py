@@ -58,8 +58,9 @@ class TrainSettings:
       whatever the config, ``False`` starts again (see ``d2nb.train.resume``).
     - ``checkpoint_minutes``: also save a checkpoint every N minutes (0: only every
       ``checkpoint_period`` iterations), so a disconnect loses at most N minutes.
-    - ``amp``: mixed precision; ``fast``: GPU speed-ups that keep the loss curve (AMP, TF32,
-      more data-loading workers; see ``apply_fast_mode``).
+    - ``amp``: mixed precision; ``fast``: GPU speed-ups that keep the model (AMP, TF32,
+      batched heads, more data-loading workers, a step that never waits for the GPU; see
+      ``apply_fast_mode``).
     - ``opts``: ``["KEY", "VALUE", ...]`` as train_net.py takes them; applied last, so they win.
     - ``synthetic_size``: image size of the synthetic dataset (default 128 px).
     - ``val_loss_period``: every so many iterations, the losses on ``val_loss_images`` pictures
