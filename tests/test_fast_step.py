@@ -185,3 +185,23 @@ def test_a_skipped_first_step_leaves_the_fused_sgds_momentum_as_detectron2s_sgd_
     ours.close()
     torch.testing.assert_close(model.weight.detach(), twin.weight.detach())
     assert not torch.equal(model.weight.detach(), torch.ones(4096))
+
+
+def test_a_trainer_in_fast_step_mode_trains_and_lets_go_of_its_feed(tmp_path):
+    # fast mode sets D2NB_FAST_STEP on a GPU; on the CPU the same trainer runs it in float32
+    import threading
+
+    cfg = build_config(TrainSettings(gpus=0, output_dir=str(tmp_path), max_iter=3, monitor=False, config=None,
+                                     opts=["SOLVER.OPTIMIZER", "SGD", "SOLVER.BASE_LR", "0.002", "SOLVER.AMP.ENABLED", "True",
+                                           "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()"]))
+    cfg.defrost()
+    cfg.D2NB_FAST_STEP = True
+    cfg.freeze()
+    with pytest.warns(UserWarning):  # detectron2's AMPTrainer makes a CUDA GradScaler, disabled without CUDA
+        trainer = Trainer(cfg)
+    assert isinstance(trainer._trainer, FastStepTrainer)
+    assert all(group["fused"] for group in trainer._trainer.optimizer.param_groups)
+    trainer.train()
+    assert trainer.iter == 3 and len(trainer.storage.history("total_loss").values()) == 3
+    assert trainer._trainer._feed is None
+    assert not [t for t in threading.enumerate() if t.name == "d2nb-device-feed"]

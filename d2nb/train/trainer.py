@@ -48,8 +48,13 @@ class Trainer(DefaultTrainer):
         self._extra_hooks = list(extra_hooks)
         self._validation_loss = validation_loss
         super().__init__(cfg)
-        if cfg.get("D2NB_FAST_STEP", False) and cfg.MODEL.DEVICE != "cpu" and isinstance(self._trainer, AMPTrainer):
+        if cfg.get("D2NB_FAST_STEP", False) and isinstance(self._trainer, AMPTrainer):
             self._trainer = FastStepTrainer.replacing(self._trainer, cfg.MODEL.DEVICE)
+
+    def after_train(self):
+        super().after_train()
+        if isinstance(self._trainer, FastStepTrainer):  # DefaultTrainer never calls its loop's after_train
+            self._trainer.close()  # the feed thread and the loader's workers, before a notebook's next run
 
     def load_state_dict(self, state_dict):
         # torch's Optimizer.load_state_dict takes the saved groups' kernel choice (foreach,
@@ -115,7 +120,7 @@ class Trainer(DefaultTrainer):
         from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
         if optimizer_name(cfg) != "AdamW":
-            if not (cfg.get("D2NB_FAST_STEP", False) and cfg.MODEL.DEVICE != "cpu"):
+            if not cfg.get("D2NB_FAST_STEP", False):
                 return super().build_optimizer(cfg, model)
             # detectron2's build_optimizer, with the fused kernel in place of foreach
             params = get_default_optimizer_params(model, base_lr=cfg.SOLVER.BASE_LR,
