@@ -19,6 +19,34 @@ import time
 from pathlib import Path
 
 
+class WeightAverage:
+    """An experiment, not the recipe: an exponential moving average of every floating-point weight
+    and buffer (decay ramped as ``decay * (1 - exp(-step / 200))``), copied into the model after the
+    last step, before detectron2's final evaluation."""
+
+    def __new__(cls, decay):
+        import math
+
+        import torch
+        from detectron2.engine import HookBase
+
+        class _Hook(HookBase):
+            def before_train(self):
+                self.values = [v for v in self.trainer.model.state_dict().values() if v.is_floating_point()]
+                self.average = [v.detach().clone() for v in self.values]
+
+            @torch.no_grad()
+            def after_step(self):
+                step = self.trainer.iter + 1
+                weight = 1 - decay * (1 - math.exp(-step / 200))
+                torch._foreach_lerp_(self.average, self.values, weight)
+                if step == self.trainer.max_iter:
+                    for value, average in zip(self.values, self.average):
+                        value.copy_(average)
+
+        return _Hook()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tag", default="run")
@@ -33,6 +61,8 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default=None, help="a yaml in place of the recipe (e.g. an edited copy)")
     parser.add_argument("--output-root", default="/tmp/d2nb-cpu-recipe")
     parser.add_argument("--out", default="/tmp/d2nb-cpu-recipe/results.jsonl")
+    parser.add_argument("--ema", type=float, default=0.0,
+                        help="experiment: evaluate an exponential moving average of the weights (this decay, ramped)")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[])
     args = parser.parse_args(argv)
     import torch
@@ -58,10 +88,10 @@ def main(argv=None) -> int:
         spec = replace(spec, num_val=args.num_val)
     settings.synthetic = spec
     started = time.perf_counter()
-    result = train(settings)
+    result = train(settings, [WeightAverage(args.ema)] if args.ema else [])
     seconds = time.perf_counter() - started
     speed = re.findall(r"Overall training speed: .*\(([\d.]+) s / it\)", (Path(settings.output_dir) / "log.txt").read_text())
-    row = {"tag": args.tag, "opts": args.opts, "max_iter": args.max_iter, "ims": args.ims, "threads": torch.get_num_threads(),
+    row = {"tag": args.tag, "opts": args.opts, "ema": args.ema, "max_iter": args.max_iter, "ims": args.ims, "threads": torch.get_num_threads(),
            "cpu_processes": args.cpu_processes,
            "seconds": round(seconds, 1), "s_per_iter": float(speed[-1]) if speed else None,
            **{f"{task}/{k}": round(v, 2) for task, values in result.metrics.items() for k, v in values.items()
