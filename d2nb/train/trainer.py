@@ -52,9 +52,11 @@ class Trainer(DefaultTrainer):
             self._trainer = FastStepTrainer.replacing(self._trainer, cfg.MODEL.DEVICE)
 
     def after_train(self):
-        super().after_train()
-        if isinstance(self._trainer, FastStepTrainer):  # DefaultTrainer never calls its loop's after_train
-            self._trainer.close()  # the feed thread and the loader's workers, before a notebook's next run
+        try:
+            super().after_train()
+        finally:  # also when a hook's after_train (the final evaluation) fails
+            if isinstance(self._trainer, FastStepTrainer):  # DefaultTrainer never calls its loop's after_train
+                self._trainer.close()  # the feed thread and the loader's workers, before a notebook's next run
 
     def load_state_dict(self, state_dict):
         # torch's Optimizer.load_state_dict takes the saved groups' kernel choice (foreach,
