@@ -168,33 +168,42 @@ def main(argv=None) -> int:
         r["loss_curves"] = loss_curves(work / name)
         results[name] = r
         print(f"{name:>9}: {r['seconds_per_iter']:.4f} s/iter, {r['images_per_second']:.1f} images/s", flush=True)
+        # written after every run: a call cut short keeps the runs it finished
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(summarise(args, results, verbose=False), indent=1))
+    Path(args.out).write_text(json.dumps(summarise(args, results, verbose=True), indent=1))
+    return 0
+
+
+def summarise(args, results: dict, verbose: bool) -> dict:
+    """The runs so far, with every run's ratios and loss-curve distance to the baseline."""
+    say = print if verbose else (lambda *a, **k: None)
     summary = {"config": args.config, "iters": args.iters, "ims_per_batch": args.ims, "size": args.size,
                "device": _device(), "runs": results}
-    if "baseline" in results:
-        base = results["baseline"]
+    if "baseline" not in results:
+        return summary
+    base = results["baseline"]
+    for name, r in results.items():
+        if name != "baseline":
+            r["s_per_iter_ratio_vs_baseline"] = r["seconds_per_iter"] / base["seconds_per_iter"]
+            r["images_per_second_ratio_vs_baseline"] = r["images_per_second"] / base["images_per_second"]
+            r["loss_curve_mean_relative_difference"] = compare_curves(base["loss_curve"], r["loss_curve"], 20)
+            r["baseline_curve_noise"] = curve_noise(base["loss_curve"], 20)
+            say(f"{name:>9} vs baseline: s/iter x{r['s_per_iter_ratio_vs_baseline']:.3f}, images/s "
+                f"x{r['images_per_second_ratio_vs_baseline']:.3f}, loss curve differs by "
+                f"{100 * r['loss_curve_mean_relative_difference']:.1f}% on average (the baseline's own "
+                f"point-to-point noise: {100 * r['baseline_curve_noise']:.1f}%)")
+    if "baseline_seed1" in results:
+        noise = results["baseline_seed1"]["loss_curve_mean_relative_difference"]
+        summary["seed_noise"] = noise
         for name, r in results.items():
-            if name != "baseline":
-                r["s_per_iter_ratio_vs_baseline"] = r["seconds_per_iter"] / base["seconds_per_iter"]
-                r["images_per_second_ratio_vs_baseline"] = r["images_per_second"] / base["images_per_second"]
-                r["loss_curve_mean_relative_difference"] = compare_curves(base["loss_curve"], r["loss_curve"], 20)
-                r["baseline_curve_noise"] = curve_noise(base["loss_curve"], 20)
-                print(f"{name:>9} vs baseline: s/iter x{r['s_per_iter_ratio_vs_baseline']:.3f}, images/s "
-                      f"x{r['images_per_second_ratio_vs_baseline']:.3f}, loss curve differs by "
-                      f"{100 * r['loss_curve_mean_relative_difference']:.1f}% on average (the baseline's own "
-                      f"point-to-point noise: {100 * r['baseline_curve_noise']:.1f}%)")
-        if "baseline_seed1" in results:
-            noise = results["baseline_seed1"]["loss_curve_mean_relative_difference"]
-            summary["seed_noise"] = noise
-            for name, r in results.items():
-                if name not in ("baseline", "baseline_seed1"):
-                    r["seed_noise"] = noise
-                    r["loss_curve_within_seed_noise"] = r["loss_curve_mean_relative_difference"] <= noise
-                    print(f"{name:>9}: loss curve {100 * r['loss_curve_mean_relative_difference']:.1f}% from the "
-                          f"baseline's, against {100 * noise:.1f}% between the baseline's seeds 0 and 1: "
-                          + ("within" if r["loss_curve_within_seed_noise"] else "outside") + " run-to-run noise")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(summary, indent=1))
-    return 0
+            if name not in ("baseline", "baseline_seed1"):
+                r["seed_noise"] = noise
+                r["loss_curve_within_seed_noise"] = r["loss_curve_mean_relative_difference"] <= noise
+                say(f"{name:>9}: loss curve {100 * r['loss_curve_mean_relative_difference']:.1f}% from the "
+                    f"baseline's, against {100 * noise:.1f}% between the baseline's seeds 0 and 1: "
+                    + ("within" if r["loss_curve_within_seed_noise"] else "outside") + " run-to-run noise")
+    return summary
 
 
 def _device() -> dict:

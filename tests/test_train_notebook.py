@@ -31,6 +31,10 @@ def test_default_run_learns_the_synthetic_shapes(trained_run):
     final = [r for r in metrics_rows(trained_run["output_dir"]) if "segm/AP" in r][-1]
     assert final["bbox/AP"] >= AP_FLOOR, final
     assert final["segm/AP"] >= AP_FLOOR, final
+    # the recipe's BN statistics are recomputed after the last step, before the final checkpoint
+    log = (trained_run["output_dir"] / "log.txt").read_text()
+    assert log.index("Running precise-BN for 50 iterations") < log.index("Saving checkpoint to") \
+        if log.count("Saving checkpoint to") == 1 else "Running precise-BN for 50 iterations" in log
 
 
 def test_ap_tables_are_printed_as_cocoevaluator_prints_them(trained_run):

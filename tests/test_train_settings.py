@@ -52,6 +52,14 @@ def test_cpu_default_is_the_small_recipe_from_scratch():
     assert cfg.MODEL.RESNETS.DEPTH == 18 and cfg.MODEL.ROI_HEADS.NUM_CLASSES == 4 and cfg.MODEL.MASK_ON
 
 
+def test_cpu_recipe_recomputes_bn_statistics_for_at_most_a_tenth_of_the_run():
+    cfg = build_config(settings())
+    assert cfg.TEST.PRECISE_BN.ENABLED and cfg.TEST.PRECISE_BN.NUM_ITER == 50
+    assert build_config(settings(max_iter=120)).TEST.PRECISE_BN.NUM_ITER == 12
+    assert build_config(settings(max_iter=5)).TEST.PRECISE_BN.NUM_ITER == 1
+    assert build_config(settings(max_iter=5000)).TEST.PRECISE_BN.NUM_ITER == 50  # never more than the recipe's
+
+
 def test_box_only_dataset_trains_a_box_model_with_its_class_names(tmp_path):
     images = [{"id": 1, "file_name": "a.png", "height": 64, "width": 64}]
     anns = [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [1, 1, 10, 10], "area": 100,

@@ -146,6 +146,8 @@ def _scale_schedule(cfg, max_iter: int) -> None:
     scaled = {s * max_iter // old for s in cfg.SOLVER.STEPS if s < old}
     cfg.SOLVER.STEPS = tuple(sorted(s for s in scaled if 0 < s < max_iter))  # strictly increasing
     cfg.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, max(1, max_iter // 10))
+    # a recipe's precise-BN pass (forward passes after the last step) stays a tenth of the run at most
+    cfg.TEST.PRECISE_BN.NUM_ITER = min(cfg.TEST.PRECISE_BN.NUM_ITER, max(1, max_iter // 10))
     cfg.SOLVER.MAX_ITER = max_iter
 
 

@@ -36,7 +36,7 @@ AUTO = "auto"
 # how loader workers hand tensors over.
 IGNORED_KEYS = ("OUTPUT_DIR", "MODEL.DEVICE", "DATALOADER.NUM_WORKERS", "SOLVER.CHECKPOINT_PERIOD",
                 "TEST.EVAL_PERIOD", "DATASETS.TEST", "VIS_PERIOD", "CUDNN_BENCHMARK", "D2NB_FILE_SYSTEM_SHARING",
-                "D2NB_FAST_STEP")
+                "D2NB_FAST_STEP", "TEST.PRECISE_BN.ENABLED", "TEST.PRECISE_BN.NUM_ITER")
 # d2nb scales these with max_iter (``build_config``): they follow a max_iter that grows
 SCHEDULE_KEYS = ("SOLVER.STEPS", "SOLVER.WARMUP_ITERS")
 DATASET_KEYS = ("DATASETS.TRAIN", "classes", "annotations")
