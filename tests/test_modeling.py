@@ -52,7 +52,8 @@ def test_the_mask_head_trains_on_at_most_the_configured_foreground_proposals_per
 
     cfg, model = recipe_model()
     heads = model.roi_heads
-    assert type(heads).__name__ == "D2nbCascadeROIHeads" and heads.mask_rois_per_image == 8
+    limit = cfg.MODEL.ROI_MASK_HEAD.D2NB_ROIS_PER_IMAGE  # the recipe's (4)
+    assert type(heads).__name__ == "D2nbCascadeROIHeads" and heads.mask_rois_per_image == limit and 0 < limit < 12
     seen = []
     original = heads.mask_head.forward
     heads.mask_head.forward = lambda features, instances: seen.append([len(x) for x in instances]) or original(features, instances)
@@ -66,4 +67,4 @@ def test_the_mask_head_trains_on_at_most_the_configured_foreground_proposals_per
         heads.mask_rois_per_image = 0  # detectron2's behaviour: every foreground proposal
         model(batch)
     assert torch.isfinite(losses["loss_mask"])
-    assert all(0 < n <= 8 for n in seen[0]) and max(seen[1]) > 8, seen
+    assert all(0 < n <= limit for n in seen[0]) and max(seen[1]) > limit, seen
