@@ -178,6 +178,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--amp-batches", default="16", help="d2nb with AMP at these batch sizes too")
     parser.add_argument("--cpu-resize", action="store_true", help="also d2nb resizing on the CPU, as before")
     parser.add_argument("--no-graphs", action="store_true", help="also d2nb (float32 and AMP) without CUDA graphs")
+    parser.add_argument("--per-picture-post", action="store_true",
+                        help="also d2nb AMP with detectron2's box inference and detector_postprocess picture by picture")
     parser.add_argument("--passes", type=int, default=5)
     parser.add_argument("--train-ims", type=int, default=16)
     parser.add_argument("--train-iters", type=int, default=50)
@@ -204,7 +206,8 @@ def main(argv=None) -> dict:
         ours = bench_inference.bench_predict(argparse.Namespace(
             size=args.size, images=args.images, weights=args.weights, config=args.config, device=DEVICE,
             score_floor=0.05, batch=args.batch, threshold=0.5, passes=args.passes, dump=None, profile=False, top=0,
-            amp_batches=args.amp_batches, cpu_resize=args.cpu_resize, no_graphs=args.no_graphs))
+            amp_batches=args.amp_batches, cpu_resize=args.cpu_resize, no_graphs=args.no_graphs,
+            per_picture_post=args.per_picture_post))
         best = max(v["images_s"] for v in ceiling.values())
         data["inference"] = {"ceiling": ceiling, "pipelines": ours,
                              "vs_ceiling": {name: v / best for name, v in ours["images_s"].items()}}
@@ -214,6 +217,10 @@ def main(argv=None) -> dict:
         for name, v in ours["images_s"].items():
             print(f"  {name:>24}: {v:7.1f} images/s  x{ours['vs_default_predictor'][name]:.2f} DefaultPredictor, "
                   f"{100 * v / best:.0f}% of the ceiling, same detections {ours['same_detections'].get(name, 1):.1%}")
+        noise = ours.get("default_predictor_tf32_vs_float32")
+        if noise:
+            print(f"  DefaultPredictor with TF32 (PyTorch's default) against itself in strict float32: "
+                  f"same detections {noise['same_detections']:.1%}")
     if args.skip != "training":
         loops = training_ceiling(args.train_ims, args.size, args.train_iters)
         batched = training_ceiling(args.train_ims, args.size, args.train_iters, batched_heads=True)

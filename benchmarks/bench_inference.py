@@ -134,6 +134,13 @@ def bench_predict(args) -> dict:
             for batch in sorted({args.batch, *[int(b) for b in str(getattr(args, "amp_batches", "") or "").split(",") if b]}):
                 variants[f"batch{batch}_no_graphs"] = (eager32, batch, False)
                 variants[f"batch{batch}_amp_no_graphs"] = (eager, batch, False)
+        if getattr(args, "per_picture_post", False):  # d2nb as it was: detectron2's box inference and
+            torch.manual_seed(0)                        # detector_postprocess picture by picture
+            before = Predictor(args.config, weights, device=args.device, amp=True, score_floor=args.score_floor)
+            vars(before.model.roi_heads.box_predictor).pop("inference", None)
+            before._per_picture_post = True
+            for batch in sorted({args.batch, *[int(b) for b in str(getattr(args, "amp_batches", "") or "").split(",") if b]}):
+                variants[f"batch{batch}_amp_per_picture_post"] = (before, batch, False)
         if getattr(args, "cpu_resize", False):  # d2nb as it was: pictures resized on the CPU
             torch.manual_seed(0)
             before = Predictor(args.config, weights, device=args.device, amp=True, score_floor=args.score_floor)
@@ -143,13 +150,21 @@ def bench_predict(args) -> dict:
     baseline = DefaultPredictor(_detectron2_cfg(predictor, args.threshold))
 
     def run_variant(name):
+        import d2nb.predict.predictor as module
+        from d2nb.predict.postprocess import scaled_batch, scaled_keeping_mask_probs
+
         chosen, batch, autocast = variants[name]
         chosen._autocast = autocast  # torch.autocast around the fp32 model, for comparison
         chosen.set_score_floor(chosen.score_floor)  # empty the cache: every picture runs
+        if getattr(chosen, "_per_picture_post", False):
+            module.scaled_batch = lambda raw, sizes: [scaled_keeping_mask_probs(x, h, w) for x, (h, w) in zip(raw, sizes)]
         _sync(torch)
         started = time.perf_counter()
-        found = chosen.predict(pictures, batch_size=batch, progress=False)
-        _sync(torch)
+        try:
+            found = chosen.predict(pictures, batch_size=batch, progress=False)
+            _sync(torch)
+        finally:
+            module.scaled_batch = scaled_batch
         chosen._autocast = False
         return found, time.perf_counter() - started
 
@@ -172,6 +187,14 @@ def bench_predict(args) -> dict:
             seconds[name].append(spent)
         theirs, spent = run_baseline()
         seconds["default_predictor"].append(spent)
+    strict = None
+    if on_gpu:  # the comparison's own noise: DefaultPredictor's detections with TF32 convolutions
+        cudnn_tf32, matmul_tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # (PyTorch's default)
+        try:                                                                            # against strict float32
+            strict, _ = run_baseline()
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn_tf32, matmul_tf32
     result = {"config": predictor.choice.label, "device": predictor.device, "pictures": args.images,
               "size": args.size, "batch": args.batch, "score_floor": args.score_floor, "passes": args.passes,
               "default_predictor_threshold": args.threshold, "default_predictor_instances": sum(len(t) for t in theirs),
@@ -179,6 +202,12 @@ def bench_predict(args) -> dict:
               "images_s_every_pass": {name: [round(len(pictures) / s, 2) for s in spent] for name, spent in seconds.items()},
               "detections_per_picture": {name: sum(map(len, found)) / len(found) for name, found in outputs.items()},
               "same_detections": {name: same_detections(found, theirs) for name, found in outputs.items()}}
+    if strict is not None:
+        result["default_predictor_tf32_vs_float32"] = {
+            "same_detections": same_detections(_as_predictions(strict), theirs),
+            "instances_float32": sum(len(t) for t in strict),
+            "note": "DefaultPredictor (TF32 convolutions, PyTorch's default) matched against itself in strict "
+                    "float32: how far numerics alone move this model's detections"}
     base = result["images_s"]["default_predictor"]
     result["vs_default_predictor"] = {name: v / base for name, v in result["images_s"].items()}
     if args.dump:
@@ -211,6 +240,14 @@ def profile_variant(run_variant, name: str, top: int) -> None:
     pstats.Stats(profile).sort_stats("tottime").print_stats(top)
     key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
     print(kernels.key_averages().table(sort_by=key, row_limit=top), flush=True)
+
+
+def _as_predictions(instances: list) -> list:
+    """DefaultPredictor's instances in the shape ``same_detections`` reads d2nb's predictions in."""
+    from types import SimpleNamespace
+
+    return [SimpleNamespace(boxes=t.pred_boxes.tensor.numpy(), scores=t.scores.numpy(), classes=t.pred_classes.numpy())
+            for t in instances]
 
 
 def same_detections(ours: list, theirs: list, min_iou: float = 0.9, max_score_gap: float = 0.02) -> float:
@@ -281,6 +318,8 @@ def main(argv=None) -> int:
     parser.add_argument("--amp-batches", default="", help="also AMP at these batch sizes, e.g. 16,32")
     parser.add_argument("--cpu-resize", action="store_true", help="also AMP with the pictures resized on the CPU")
     parser.add_argument("--no-graphs", action="store_true", help="also AMP without the backbone's CUDA graphs")
+    parser.add_argument("--per-picture-post", action="store_true",
+                        help="also AMP with detectron2's box inference and detector_postprocess picture by picture")
     parser.add_argument("--profile", action="store_true", help="also profile one pass of the batched (AMP) predictor")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--dump", default=None, help="write every predictor's detections (json) here")

@@ -30,7 +30,7 @@ def _sync():
 def stage_times(predictor, pictures: list, batch: int) -> dict:
     """Median ms per batch of every stage, over the batches of ``pictures``."""
     from d2nb.predict.batching import as_loaded, image_key
-    from d2nb.predict.postprocess import scaled_keeping_mask_probs, to_predictions
+    from d2nb.predict.postprocess import scaled_batch, to_predictions
 
     model = predictor.model
     times: dict[str, list] = {}
@@ -60,7 +60,7 @@ def stage_times(predictor, pictures: list, batch: int) -> dict:
             found = timed("box head + NMS", lambda: heads._forward_box(features, proposals))
             found = timed("mask head", lambda: heads.forward_with_given_boxes(features, found))
             outputs = timed("detector_postprocess", lambda: [
-                {"instances": scaled_keeping_mask_probs(r, i["height"], i["width"])} for r, i in zip(found, inputs)])
+                {"instances": r} for r in scaled_batch(found, [(i["height"], i["width"]) for i in inputs])])
         timed("paste masks + copy off GPU", lambda: to_predictions(outputs, items[start:start + len(chunk)],
                                                                    predictor.labels))
     return {name: statistics.median(v) for name, v in times.items()}

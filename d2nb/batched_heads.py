@@ -37,6 +37,7 @@ logger = logging.getLogger("d2nb.batched_heads")
 # up to this many coordinates, and runs NMS level by level above it; d2nb does the same.
 _COORDINATE_TRICK_LIMIT = {"cpu": 4000, "cuda": 100_000}
 _IOU_CHUNK = 1 << 25  # overlap-matrix entries computed at a time (a bound on temporary memory)
+_NMS_MATRIX_LIMIT = 1 << 28  # above it (pictures x candidates^2), detectron2's NMS picture by picture
 
 
 def nms_groups(boxes, valid, threshold: float, offsets=None, max_passes: int = 1000, check_every: int = 8):
@@ -333,12 +334,106 @@ def _predict_proposals(self, anchors, pred_objectness_logits, pred_anchor_deltas
                                   self.min_box_size, self.training)
 
 
+def box_inference(self, predictions, proposals):
+    """``FastRCNNOutputLayers.inference`` with detectron2's picture-by-picture
+    ``fast_rcnn_inference`` replaced by ``fast_rcnn_inference`` below. Bound by ``use_batched_heads``."""
+    if not proposals:
+        return [], []
+    boxes = self.predict_boxes(predictions, proposals)
+    scores = self.predict_probs(predictions, proposals)
+    return fast_rcnn_inference(boxes, scores, [x.image_size for x in proposals], self.test_score_thresh,
+                               self.test_nms_thresh, self.test_topk_per_image)
+
+
+def fast_rcnn_inference(boxes, scores, image_shapes, score_thresh: float, nms_thresh: float, topk_per_image: int):
+    """detectron2's ``fast_rcnn_inference`` (same arguments; the same instances in the same order
+    and the same kept indices) for every picture at once: four or five host synchronisations a
+    batch where detectron2 makes several a picture. As torchvision's ``batched_nms`` does picture
+    by picture, a picture's classes are shifted apart (class * (largest coordinate + 1)) and
+    suppressed as one NMS group up to a number of coordinates, and class by class above it."""
+    from detectron2.modeling.roi_heads import fast_rcnn
+    from detectron2.structures import Boxes, Instances
+
+    device, pictures, counts = boxes[0].device, len(image_shapes), [len(b) for b in boxes]
+    detectron2s = (boxes, scores, image_shapes, score_thresh, nms_thresh, topk_per_image)
+    boxes, scores = torch.cat(boxes), torch.cat(scores)[:, :-1]
+    rows, classes = scores.shape
+    regressed = boxes.shape[1] // 4
+    picture = torch.repeat_interleave(torch.arange(pictures, device=device), torch.tensor(counts, device=device),
+                                      output_size=rows)
+    finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
+    high = torch.tensor(image_shapes, dtype=boxes.dtype, device=device)[:, [1, 0, 1, 0]][picture][:, None, :]
+    boxes = torch.minimum(boxes.view(rows, regressed, 4).clamp(min=0), high)  # Boxes.clip's arithmetic
+    candidates = ((scores > score_thresh) & finite[:, None]).nonzero()  # (row, class): detectron2's order
+    row, label = candidates[:, 0], candidates[:, 1]
+    owner = picture[row]
+    tally = torch.zeros(pictures + 1, dtype=torch.long, device=device)
+    tally[:pictures].index_add_(0, owner, torch.ones_like(owner))
+    tally[pictures] = (~finite).sum()
+    *found, non_finite = tally.tolist()
+    widest = max(found, default=0)
+    if non_finite or pictures * widest * widest > _NMS_MATRIX_LIMIT:
+        # non-finite rows: detectron2 drops them first, which renumbers its kept indices
+        return fast_rcnn.fast_rcnn_inference(*detectron2s)
+    kept_boxes = boxes[row, 0 if regressed == 1 else label]
+    kept_scores = scores[row, label]
+    if widest:
+        selected = _suppress_by_picture(kept_boxes.float(), kept_scores, label, owner, found, nms_thresh,
+                                        topk_per_image)
+        row, label, kept_boxes, kept_scores = row[selected], label[selected], kept_boxes[selected], kept_scores[selected]
+        shown = torch.bincount(owner[selected], minlength=pictures).tolist()
+    else:
+        shown = found
+    starts = torch.tensor([0, *counts[:-1]], device=device).cumsum(0)
+    indices = row - torch.repeat_interleave(starts, torch.tensor(shown, device=device), output_size=len(row))
+    results = []
+    for shape, b, s, c in zip(image_shapes, kept_boxes.split(shown), kept_scores.split(shown), label.split(shown)):
+        result = Instances(shape)
+        result.pred_boxes, result.scores, result.pred_classes = Boxes(b), s, c
+        results.append(result)
+    return results, list(indices.split(shown))
+
+
+def _suppress_by_picture(boxes, scores, label, owner, found: list, threshold: float, topk: int):
+    """Indices of the candidates ``fast_rcnn_inference`` keeps, picture by picture, each
+    picture's by descending score (the order torchvision's NMS returns them in)."""
+    device = boxes.device
+    limit = _COORDINATE_TRICK_LIMIT.get(device.type, 0)
+    shifted = torch.tensor([4 * n <= limit for n in found], device=device)[owner]
+    largest = torch.zeros(len(found), dtype=boxes.dtype, device=device).scatter_reduce_(
+        0, owner, boxes.amax(dim=1), "amax", include_self=False)[owner]
+    boxes = boxes + torch.where(shifted, label.to(boxes) * (largest + 1), torch.zeros_like(largest))[:, None]
+    if all(4 * n <= limit for n in found):
+        group, sizes = owner, found  # one group a picture (the usual case)
+    else:  # some picture's classes one by one (torchvision's loop over classes)
+        key = owner * (label.max() + 2) + torch.where(shifted, -1, label) + 1
+        _, group, sizes = torch.unique(key, return_inverse=True, return_counts=True)
+        sizes = sizes.tolist()
+    order = scores.sort(descending=True, stable=True).indices
+    order = order[group[order].sort(stable=True).indices]  # by group, by descending score within
+    starts = torch.tensor([0, *sizes[:-1]], device=device).cumsum(0)
+    slot = torch.arange(len(order), device=device) - starts[group[order]]
+    padded = boxes.new_zeros(len(sizes), max(sizes), 4)
+    valid = torch.zeros(len(sizes), max(sizes), dtype=torch.bool, device=device)
+    padded[group[order], slot], valid[group[order], slot] = boxes[order], True
+    kept = nms_groups(padded, valid, threshold)[group[order], slot]
+    # each picture's kept candidates first, by descending score, the rest after them
+    ranked = torch.where(kept, scores[order], torch.full_like(scores[order], -math.inf))
+    by_score = ranked.sort(descending=True, stable=True).indices
+    by_picture = by_score[owner[order][by_score].sort(stable=True).indices]
+    picture_starts = torch.tensor([0, *found[:-1]], device=device).cumsum(0)
+    rank = torch.arange(len(order), device=device) - picture_starts[owner[order][by_picture]]
+    chosen = kept[by_picture] & ((rank < topk) if topk >= 0 else True)
+    return order[by_picture][chosen]
+
+
 def use_batched_heads(model) -> list:
     """Run ``model``'s RPN and ROI-head loops batched (see the module's docstring). Returns the
     names of the methods replaced: none where the model's parts are not detectron2's ``RPN``
     and ``ROIHeads`` methods (a subclass's own override is kept)."""
     from detectron2.modeling.box_regression import Box2BoxTransform
     from detectron2.modeling.proposal_generator.rpn import RPN
+    from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
     from detectron2.modeling.roi_heads.roi_heads import ROIHeads, StandardROIHeads
 
     replaced = []
@@ -361,5 +456,9 @@ def use_batched_heads(model) -> list:
         if isinstance(heads, StandardROIHeads) and type(heads)._forward_mask is StandardROIHeads._forward_mask:
             heads._forward_mask = types.MethodType(_forward_mask, heads)
             replaced.append("StandardROIHeads._forward_mask")
+    predictor = getattr(heads, "box_predictor", None)
+    if isinstance(predictor, FastRCNNOutputLayers) and type(predictor).inference is FastRCNNOutputLayers.inference:
+        predictor.inference = types.MethodType(box_inference, predictor)
+        replaced.append("FastRCNNOutputLayers.inference")
     logger.debug("batched heads: %s", ", ".join(replaced) or "none")
     return replaced

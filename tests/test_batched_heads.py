@@ -192,7 +192,8 @@ def test_a_model_with_batched_heads_detects_the_same_and_trains():
     with torch.no_grad():
         expected = model(images)
         assert use_batched_heads(model) == ["RPN.predict_proposals", "RPN.label_and_sample_anchors", "RPN.losses",
-                                            "ROIHeads.label_and_sample_proposals", "StandardROIHeads._forward_mask"]
+                                            "ROIHeads.label_and_sample_proposals", "StandardROIHeads._forward_mask",
+                                            "FastRCNNOutputLayers.inference"]
         got = model(images)
     for e, g in zip(expected, got):
         assert torch.equal(g["instances"].pred_boxes.tensor, e["instances"].pred_boxes.tensor)
@@ -279,3 +280,54 @@ def test_the_mask_head_trains_on_the_foreground_samples_detectron2_selects():
         expected = type(heads)._forward_mask(heads, features, sampled)["loss_mask"]
         assert storage.latest()["mask_rcnn/accuracy"][0] == got_accuracy
     assert torch.equal(got, expected)
+
+
+def box_head_outputs(generator, counts, classes, regressed):
+    """Per-picture predicted boxes (several near each grid point, so NMS has work) and class
+    probabilities, as ``FastRCNNOutputLayers.predict_boxes`` and ``predict_probs`` give them."""
+    boxes, scores = [], []
+    for n in counts:
+        centres = (torch.rand(n, 1, 2, generator=generator) * torch.tensor([640.0, 480.0]) / 30).round() * 30
+        sizes = torch.rand(n, regressed, 2, generator=generator) * 100 + 2
+        centres = centres + torch.randn(n, regressed, 2, generator=generator) * 5
+        boxes.append(torch.cat([centres - sizes / 2, centres + sizes / 2], dim=-1).view(n, regressed * 4))
+        scores.append((torch.randn(n, classes + 1, generator=generator) * 3).softmax(dim=-1))
+    return boxes, scores
+
+
+@pytest.mark.parametrize("counts, classes, regressed, score_thresh, topk", [
+    ([300, 200, 0, 50], 4, 1, 0.05, 100),   # class-agnostic boxes; a picture without proposals
+    ([300, 200, 10, 50], 4, 4, 0.05, 100),  # a box per class
+    ([1000, 30], 4, 1, 0.05, -1),           # 4000 coordinates: torchvision's NMS class by class on the CPU
+    ([1000, 1000], 80, 80, 0.05, 100),      # COCO's classes, top 100
+    ([100, 100], 4, 1, 0.99, 100),          # next to nothing above the threshold
+    ([0, 0], 4, 1, 0.05, 100),
+])
+def test_batched_box_inference_is_detectron2s_picture_by_picture(counts, classes, regressed, score_thresh, topk):
+    from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference as detectron2s
+
+    from d2nb.batched_heads import fast_rcnn_inference
+
+    boxes, scores = box_head_outputs(torch.Generator().manual_seed(len(counts) * classes), counts, classes, regressed)
+    shapes = [(480, 640), (300, 200), (480, 640), (64, 640)][:len(counts)]
+    expected, expected_rows = detectron2s(boxes, scores, shapes, score_thresh, 0.5, topk)
+    got, got_rows = fast_rcnn_inference(boxes, scores, shapes, score_thresh, 0.5, topk)
+    assert sum(map(len, expected)) > 0 or sum(counts) == 0 or score_thresh > 0.9
+    for e, g, e_rows, g_rows in zip(expected, got, expected_rows, got_rows):
+        assert g.image_size == e.image_size
+        assert torch.equal(g.pred_boxes.tensor, e.pred_boxes.tensor)
+        assert torch.equal(g.scores, e.scores) and torch.equal(g.pred_classes, e.pred_classes)
+        assert torch.equal(g_rows, e_rows)
+
+
+def test_batched_box_inference_leaves_non_finite_predictions_to_detectron2():
+    from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference as detectron2s
+
+    from d2nb.batched_heads import fast_rcnn_inference
+
+    boxes, scores = box_head_outputs(torch.Generator().manual_seed(3), [50, 40], 4, 1)
+    boxes[0][7, 2] = float("inf")  # detectron2 drops the row, which renumbers the kept rows after it
+    expected, expected_rows = detectron2s(boxes, scores, [(480, 640)] * 2, 0.05, 0.5, 100)
+    got, got_rows = fast_rcnn_inference(boxes, scores, [(480, 640)] * 2, 0.05, 0.5, 100)
+    for e, g, e_rows, g_rows in zip(expected, got, expected_rows, got_rows):
+        assert torch.equal(g.pred_boxes.tensor, e.pred_boxes.tensor) and torch.equal(g_rows, e_rows)

@@ -179,3 +179,29 @@ def test_the_predictor_resizing_on_the_device_finds_what_it_finds_resizing_on_th
         assert len(a) > 0 and len(a) == len(b)
         assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores)
         assert np.array_equal(a.classes, b.classes)
+
+
+@pytest.mark.parametrize("empty_boxes", [0, 3])
+def test_a_batch_scaled_at_once_is_detector_postprocess_picture_by_picture(empty_boxes):
+    import copy
+
+    from detectron2.structures import Boxes, Instances
+
+    generator = torch.Generator().manual_seed(empty_boxes)
+    raw = []
+    for count, (height, width) in zip([20, 0, 7, 13], [(800, 1066), (800, 1201), (613, 800), (800, 800)]):
+        corners = torch.rand(count, 2, 2, generator=generator) * torch.tensor([width, height]) * 1.1 - 5
+        boxes = torch.cat([corners.min(dim=1).values, corners.max(dim=1).values], dim=1)
+        boxes[:empty_boxes, 2] = boxes[:empty_boxes, 0]  # as wide as nothing: detector_postprocess drops them
+        raw.append(Instances((height, width), pred_boxes=Boxes(boxes), scores=torch.rand(count, generator=generator),
+                             pred_classes=torch.randint(0, 4, (count,), generator=generator),
+                             pred_masks=torch.rand(count, 1, 28, 28, generator=generator)))
+    sizes = [(480, 640), (333, 500), (1000, 1305), (77, 77)]
+    got = postprocess.scaled_batch(copy.deepcopy(raw), sizes)
+    expected = [postprocess.scaled_keeping_mask_probs(copy.deepcopy(x), h, w) for x, (h, w) in zip(raw, sizes)]
+    assert sum(map(len, expected)) <= 40 - 3 * empty_boxes  # the empty boxes are gone
+    for g, e in zip(got, expected):
+        assert g.image_size == e.image_size and len(g) == len(e)
+        assert torch.equal(g.pred_boxes.tensor, e.pred_boxes.tensor)
+        assert torch.equal(g.scores, e.scores) and torch.equal(g.pred_classes, e.pred_classes)
+        assert torch.equal(g.mask_probs, e.mask_probs)

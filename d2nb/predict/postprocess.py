@@ -40,6 +40,38 @@ def scaled_keeping_mask_probs(instances, height: int, width: int):
     return detector_postprocess(instances, height, width)
 
 
+def scaled_batch(raw: list, sizes: list) -> list:
+    """``scaled_keeping_mask_probs`` for a batch: every picture's boxes scaled, clipped and
+    checked for emptiness together, one host synchronisation where ``detector_postprocess``
+    makes two a picture. ``sizes``: each picture's ``(height, width)``. Outputs holding other
+    fields than boxes, scores, classes and masks go through detectron2's own code."""
+    from detectron2.structures import Boxes, Instances
+
+    plain = {"pred_boxes", "scores", "pred_classes", "pred_masks"}
+    if not raw or any(not x.has("pred_boxes") or set(x.get_fields()) - plain for x in raw):
+        return [scaled_keeping_mask_probs(x, h, w) for x, (h, w) in zip(raw, sizes)]
+    counts = [len(x) for x in raw]
+    boxes = torch.cat([x.pred_boxes.tensor for x in raw])
+    device, dtype = boxes.device, boxes.dtype
+    # detector_postprocess's factors (Python floats, which the multiplication rounds to the boxes' dtype)
+    factors = torch.tensor([[w / x.image_size[1], h / x.image_size[0]] * 2 for x, (h, w) in zip(raw, sizes)],
+                           dtype=dtype, device=device)
+    limits = torch.tensor([[w, h] * 2 for h, w in sizes], dtype=dtype, device=device)
+    owner = torch.repeat_interleave(torch.arange(len(raw), device=device), torch.tensor(counts, device=device),
+                                    output_size=len(boxes))
+    boxes = torch.minimum((boxes * factors[owner]).clamp(min=0), limits[owner])
+    nonempty = ((boxes[:, 2] - boxes[:, 0]) > 0) & ((boxes[:, 3] - boxes[:, 1]) > 0)
+    whole = bool(nonempty.all()) if len(boxes) else True  # the one synchronisation
+    results = []
+    for x, (h, w), b, keep in zip(raw, sizes, boxes.split(counts), nonempty.split(counts)):
+        fields = {"pred_boxes": Boxes(b), "scores": x.scores, "pred_classes": x.pred_classes}
+        if x.has("pred_masks"):
+            fields["mask_probs"] = x.pred_masks[:, 0]
+        result = Instances((h, w), **fields)
+        results.append(result if whole else result[keep])
+    return results
+
+
 def to_predictions(outputs: list, items: list, labels: Labels) -> list:
     """``Prediction`` per picture of a batch; boxes, scores and classes of the whole batch come
     off the GPU in one copy, and so do the masks (pasted inside their boxes)."""

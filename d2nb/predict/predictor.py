@@ -21,7 +21,7 @@ from d2nb.errors import D2nbError
 from d2nb.predict.batching import (as_loaded, gpu_resizes, image_key, progress_bar, resize_on_gpu, resize_pool,
                                    run_batches)
 from d2nb.predict.model import build_lazy, build_yaml, class_labels, model_num_classes
-from d2nb.predict.postprocess import pastes_masks, scaled_keeping_mask_probs, to_predictions
+from d2nb.predict.postprocess import pastes_masks, scaled_batch, to_predictions
 from d2nb.predict.precision import graphed_backbone, half_precision_backbone, tf32_matmul
 from d2nb.predict.tiling import DEFAULT_OVERLAP, predict_tiled, tiling_on
 
@@ -200,8 +200,8 @@ class Predictor:
                 if not self._masks_in_boxes:
                     return self.model(inputs)
                 raw = self.model.inference(inputs, do_postprocess=False)
-                return [{"instances": scaled_keeping_mask_probs(instances, item["height"], item["width"])}
-                        for instances, item in zip(raw, inputs)]
+                return [{"instances": instances}
+                        for instances in scaled_batch(raw, [(item["height"], item["width"]) for item in inputs])]
 
     def _forward_tta(self, images: list) -> list:
         """Test-time augmentation: detectron2's wrapper resizes the original pictures itself
