@@ -1,7 +1,7 @@
 """d2nb's batched RPN and ROI-head steps against detectron2's per-picture loops, on this machine's GPU.
 
 On one batch of synthetic pictures through an R-50 Mask R-CNN (a trained run's, or random
-weights): the RPN's proposals (training and inference settings) found by
+weights): the box head's inference (``fast_rcnn_inference``) and ``detector_postprocess``, the RPN's proposals (training and inference settings) found by
 ``d2nb.batched_heads.find_top_proposals`` and by detectron2's ``find_top_rpn_proposals``, picture
 by picture (identical boxes and scores, or how many differ), and the time each takes
 (synchronised, median of ``--repeats``); then the anchor labelling and the ROI-head sampling,
@@ -137,6 +137,46 @@ def main(argv=None) -> int:
             print(f"{name}: {identical}/{len(expected)} pictures identical (boxes shared, least: {min(kept):.4f}); "
                   f"detectron2 {detectron2_ms:.1f} ms, d2nb {d2nb_ms:.1f} ms (x{detectron2_ms / d2nb_ms:.2f})", flush=True)
             ok &= min(kept) > 0.99
+        # the box head's inference (filter, clip, per-class NMS, top-k) and detector_postprocess
+        from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
+        from detectron2.structures import Boxes, Instances
+
+        from d2nb.predict.postprocess import scaled_batch, scaled_keeping_mask_probs
+
+        found = batched.find_top_proposals(proposals, logits, images.image_sizes, rpn.nms_thresh,
+                                           rpn.pre_nms_topk[False], rpn.post_nms_topk[False], rpn.min_box_size, False)
+        head_features = [features[f] for f in heads.box_in_features]
+        predictions = heads.box_predictor(heads.box_head(heads.box_pooler(head_features, [x.proposal_boxes for x in found])))
+        predictor = heads.box_predictor
+        arguments = (predictor.predict_boxes(predictions, found), predictor.predict_probs(predictions, found),
+                     [x.image_size for x in found], 0.05, predictor.test_nms_thresh, predictor.test_topk_per_image)
+        (expected, expected_rows), detectron2_ms = timed(lambda: fast_rcnn_inference(*arguments), args.repeats)
+        (got, got_rows), d2nb_ms = timed(lambda: batched.fast_rcnn_inference(*arguments), args.repeats)
+        identical = sum(torch.equal(e.pred_boxes.tensor, g.pred_boxes.tensor) and torch.equal(e.scores, g.scores)
+                        and torch.equal(e.pred_classes, g.pred_classes) and torch.equal(er, gr)
+                        for e, g, er, gr in zip(expected, got, expected_rows, got_rows))
+        report["box_inference"] = {"identical_pictures": identical, "pictures": len(expected),
+                                   "instances": sum(map(len, expected)), "detectron2_ms": round(detectron2_ms, 2),
+                                   "d2nb_ms": round(d2nb_ms, 2), "speed_up": round(detectron2_ms / d2nb_ms, 2)}
+        print(f"box_inference (score floor 0.05): {identical}/{len(expected)} pictures identical, "
+              f"{sum(map(len, expected))} instances; detectron2 {detectron2_ms:.1f} ms, d2nb {d2nb_ms:.1f} ms "
+              f"(x{detectron2_ms / d2nb_ms:.2f})", flush=True)
+        ok &= identical == len(expected)
+        sizes = [(item["height"], item["width"]) if "height" in item else item["image"].shape[1:] for item in items]
+        def fresh():  # detector_postprocess scales the boxes in place
+            return [Instances(x.image_size, **{k: v.clone() if torch.is_tensor(v) else Boxes(v.tensor.clone())
+                                                for k, v in x.get_fields().items()}) for x in got]
+
+        theirs, detectron2_ms = timed(lambda: [scaled_keeping_mask_probs(x, h, w) for x, (h, w) in zip(fresh(), sizes)],
+                                      args.repeats)
+        ours, d2nb_ms = timed(lambda: scaled_batch(fresh(), sizes), args.repeats)
+        identical = sum(torch.equal(e.pred_boxes.tensor, g.pred_boxes.tensor) for e, g in zip(theirs, ours))
+        report["postprocess"] = {"identical_pictures": identical, "pictures": len(ours),
+                                 "detectron2_ms": round(detectron2_ms, 2), "d2nb_ms": round(d2nb_ms, 2),
+                                 "speed_up": round(detectron2_ms / d2nb_ms, 2)}
+        print(f"postprocess: {identical}/{len(ours)} pictures identical; detectron2's detector_postprocess "
+              f"{detectron2_ms:.1f} ms, d2nb {d2nb_ms:.1f} ms (x{detectron2_ms / d2nb_ms:.2f})", flush=True)
+        ok &= identical == len(ours)
         gt = [item["instances"] for item in items]
         from detectron2.modeling.proposal_generator.rpn import RPN
         from detectron2.modeling.roi_heads.roi_heads import ROIHeads
