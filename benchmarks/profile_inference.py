@@ -51,8 +51,8 @@ def stage_times(predictor, pictures: list, batch: int) -> dict:
             timed("hash pixels", lambda: [image_key(p) for p in chunk])
             pixels = timed(f"{where} (CPU, one thread)", lambda: [predictor._input_tensor(p) for p in chunk])
             inputs = timed("copy to GPU" + (" + resize there" if predictor._resize_on_gpu else ""), lambda: [
-                {"image": predictor._on_device(t), "height": p.shape[0], "width": p.shape[1]}
-                for t, p in zip(pixels, chunk)])
+                {"image": t, "height": p.shape[0], "width": p.shape[1]}
+                for t, p in zip(predictor._on_device(pixels), chunk)])
             images = timed("normalise + pad", lambda: model.preprocess_image(inputs))
             features = timed("backbone", lambda: model.backbone(images.tensor))
             proposals = timed("RPN", lambda: model.proposal_generator(images, features, None)[0])

@@ -156,6 +156,11 @@ def test_resizing_on_the_gpu_gives_detectron2s_pixels_exactly(size):
     ours = resize_on_gpu(torch.from_numpy(image).permute(2, 0, 1), resize).permute(1, 2, 0).numpy()
     assert ours.shape == expected.shape and ours.dtype == np.float32
     assert np.array_equal(ours, expected), (np.abs(ours - expected).max(), (ours != expected).mean())
+    if size[0] * size[1] < 2_000_000:  # a stack of pictures of one size, resized together: each the same
+        pair = torch.stack([torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(image[::-1].copy()).permute(2, 0, 1)])
+        both = resize_on_gpu(pair, resize).permute(0, 2, 3, 1).numpy()
+        assert np.array_equal(both[0], expected)
+        assert np.array_equal(both[1], resize.get_transform(image).apply_image(image[::-1].copy()).astype(np.float32))
 
 
 def test_the_predictor_resizing_on_the_device_finds_what_it_finds_resizing_on_the_cpu():

@@ -43,10 +43,11 @@ def resize_on_gpu(image, resize):
     """A CxHxW uint8 tensor (on the GPU) resized as detectron2's ``ResizeShortestEdge`` ``resize``
     does it with PIL, as float: PIL's own bilinear resampling (``pil_bilinear``), the same
     pixels to the level, without the CPU's work, the larger share of a batch's time on a GPU
-    (benchmarks/profile_inference.py)."""
+    (benchmarks/profile_inference.py). An NxCxHxW stack of pictures of one size is resized
+    together (the same pixels, a few dozen kernel launches for the stack instead of a picture)."""
     from detectron2.data import transforms as T
 
-    height, width = image.shape[1:]
+    height, width = image.shape[-2:]
     short = resize.short_edge_length[0]
     size = T.ResizeShortestEdge.get_output_shape(height, width, short, resize.max_size) if short else (height, width)
     return pil_bilinear(image, *size).float()
@@ -57,15 +58,15 @@ _PRECISION_BITS = 32 - 8 - 2
 
 
 def pil_bilinear(image, height: int, width: int):
-    """``image`` (CxHxW uint8 tensor, any device) resized to ``height`` x ``width`` exactly as
+    """``image`` (CxHxW or NxCxHxW uint8 tensor, any device) resized to ``height`` x ``width`` exactly as
     ``PIL.Image.resize(..., Image.BILINEAR)`` resizes it, which is what detectron2's
     ``ResizeTransform`` does to uint8 pictures: a horizontal then a vertical pass, each a
     weighted sum of neighbours (a triangle filter widened by the scale when shrinking) with
     PIL's integer weights, rounded to uint8 after each pass."""
-    if image.shape[2] != width:
-        image = _resample(image, 2, width)
-    if image.shape[1] != height:
-        image = _resample(image, 1, height)
+    if image.shape[-1] != width:
+        image = _resample(image, image.dim() - 1, width)
+    if image.shape[-2] != height:
+        image = _resample(image, image.dim() - 2, height)
     return image
 
 
@@ -75,7 +76,7 @@ def _resample(image, dim: int, size: int):
     index, weight = _pil_weights(image.shape[dim], size, str(image.device))
     total = torch.full((*image.shape[:dim], size, *image.shape[dim + 1:]), 1 << (_PRECISION_BITS - 1),
                        dtype=torch.int32, device=image.device)
-    view = (-1, 1) if dim == 1 else (-1,)
+    view = (-1, 1) if dim == image.dim() - 2 else (-1,)
     for tap in range(index.shape[1]):
         total += image.index_select(dim, index[:, tap]).int() * weight[:, tap].view(view)
     return (total >> _PRECISION_BITS).clamp_(0, 255).to(torch.uint8)

@@ -194,8 +194,8 @@ class Predictor:
         with torch.inference_mode():
             ahead = [self._ahead.pop(id(image), None) for image in images]
             pixels = [job.result() if job else self._input_tensor(image) for job, image in zip(ahead, images)]
-            inputs = [{"image": self._on_device(t), "height": image.shape[0], "width": image.shape[1]}
-                      for t, image in zip(pixels, images)]
+            inputs = [{"image": t, "height": image.shape[0], "width": image.shape[1]}
+                      for t, image in zip(self._on_device(pixels), images)]
             with torch.autocast("cuda", enabled=self._autocast):
                 if not self._masks_in_boxes:
                     return self.model(inputs)
@@ -236,12 +236,24 @@ class Predictor:
         tensor = torch.from_numpy(np.require(image, requirements="W"))
         return tensor.pin_memory() if self.device.startswith("cuda") else tensor
 
-    def _on_device(self, pixels):
-        """``_input_tensor``'s pixels as the model's CxHxW float input, on its device."""
-        tensor = pixels.to(self.device, non_blocking=True).permute(2, 0, 1)
+    def _on_device(self, pixels: list) -> list:
+        """``_input_tensor``'s pixels as the model's CxHxW float inputs, on its device; pictures
+        of one size resized there together."""
+        import torch
+
+        tensors = [p.to(self.device, non_blocking=True).permute(2, 0, 1) for p in pixels]
         if not self._resize_on_gpu:
-            return tensor.float()
-        return resize_on_gpu(tensor.flip(0) if self.input_format == "BGR" else tensor, self.resize)
+            return [t.float() for t in tensors]
+        if self.input_format == "BGR":
+            tensors = [t.flip(0) for t in tensors]
+        by_size = {}
+        for n, t in enumerate(tensors):
+            by_size.setdefault(tuple(t.shape), []).append(n)
+        for same in by_size.values():
+            stack = tensors[same[0]][None] if len(same) == 1 else torch.stack([tensors[n] for n in same])
+            for n, resized in zip(same, resize_on_gpu(stack, self.resize)):
+                tensors[n] = resized
+        return tensors
 
     def _remember(self, key, prediction) -> None:
         self._cache[key] = prediction
