@@ -157,6 +157,10 @@ def ceiling_section(path: Path, data: dict) -> list:
                          f"x{ours['vs_default_predictor'][name]:.2f} | {100 * v / best:.0f}%"
                          + (f" ({100 * v / own['images_s']:.0f}% of its batch's)" if own else "") + " | "
                          f"{'-' if same is None or name == 'default_predictor' else f'{100 * same:.1f}%'} |")
+        noise = ours.get("default_predictor_tf32_vs_float32")
+        if noise:
+            lines.append(f"| detectron2 DefaultPredictor in strict float32 (TF32 off), against itself with TF32 | - | - | - | "
+                         f"{100 * noise['same_detections']:.1f}% |")
         lines.append("")
     training = data.get("training")
     if training:
@@ -264,7 +268,10 @@ def batched_heads_section(path: Path, data: dict) -> list:
     lines = [f"## Batched RPN and ROI-head loops: {path.name}", "",
              f"{data['device']}, torch {data['torch']}, {data['date']}. Command: `{data['command']}`", "",
              "| step | same result | detectron2 ms | d2nb ms | speed-up |", "| --- | --- | ---: | ---: | ---: |"]
-    for name in ("proposals_training", "proposals_inference", "anchor_labels", "roi_sampling"):
+    for name in ("proposals_training", "proposals_inference", "box_inference", "postprocess", "anchor_labels",
+                 "roi_sampling"):
+        if name not in data:  # files from before the step was batched
+            continue
         r = data[name]
         same = f"{r['identical_pictures']}/{r['pictures']} pictures identical" if "pictures" in r else "-"
         lines.append(f"| {name.replace('_', ' ')} | {same} | {r['detectron2_ms']:.1f} | {r['d2nb_ms']:.1f} | x{r['speed_up']:.2f} |")
