@@ -242,12 +242,19 @@ def profile_variant(run_variant, name: str, top: int) -> None:
     print(kernels.key_averages().table(sort_by=key, row_limit=top), flush=True)
 
 
-def _as_predictions(instances: list) -> list:
-    """DefaultPredictor's instances in the shape ``same_detections`` reads d2nb's predictions in."""
-    from types import SimpleNamespace
+class _Found:
+    """DefaultPredictor's instances of a picture in the shape ``same_detections`` reads d2nb's in."""
 
-    return [SimpleNamespace(boxes=t.pred_boxes.tensor.numpy(), scores=t.scores.numpy(), classes=t.pred_classes.numpy())
-            for t in instances]
+    def __init__(self, instances):
+        self.boxes, self.scores = instances.pred_boxes.tensor.numpy(), instances.scores.numpy()
+        self.classes = instances.pred_classes.numpy()
+
+    def __len__(self):
+        return len(self.scores)
+
+
+def _as_predictions(instances: list) -> list:
+    return [_Found(t) for t in instances]
 
 
 def same_detections(ours: list, theirs: list, min_iou: float = 0.9, max_score_gap: float = 0.02) -> float:
