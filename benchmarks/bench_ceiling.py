@@ -203,6 +203,8 @@ def main(argv=None) -> dict:
         ceiling.update(inference_ceiling(predictor, _pictures(args.size, args.images), batches, args.passes,
                                          batched_heads=True))
         del predictor
+        if args.out:  # kept if the call is cut short before the pipelines finish
+            Path(args.out).write_text(json.dumps({**data, "inference": {"ceiling": ceiling}}, indent=1))
         ours = bench_inference.bench_predict(argparse.Namespace(
             size=args.size, images=args.images, weights=args.weights, config=args.config, device=DEVICE,
             score_floor=0.05, batch=args.batch, threshold=0.5, passes=args.passes, dump=None, profile=False, top=0,
