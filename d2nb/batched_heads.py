@@ -384,8 +384,8 @@ def fast_rcnn_inference(boxes, scores, image_shapes, score_thresh: float, nms_th
         shown = torch.bincount(owner[selected], minlength=pictures).tolist()
     else:
         shown = found
-    starts = torch.tensor([0, *counts[:-1]], device=device).cumsum(0)
-    indices = row - torch.repeat_interleave(starts, torch.tensor(shown, device=device), output_size=len(row))
+    indices = row - torch.repeat_interleave(_starts(counts, device), torch.tensor(shown, device=device),
+                                            output_size=len(row))
     results = []
     for shape, b, s, c in zip(image_shapes, kept_boxes.split(shown), kept_scores.split(shown), label.split(shown)):
         result = Instances(shape)
@@ -399,11 +399,12 @@ def _suppress_by_picture(boxes, scores, label, owner, found: list, threshold: fl
     picture's by descending score (the order torchvision's NMS returns them in)."""
     device = boxes.device
     limit = _COORDINATE_TRICK_LIMIT.get(device.type, 0)
-    shifted = torch.tensor([4 * n <= limit for n in found], device=device)[owner]
+    shifts = [4 * n <= limit for n in found]  # torchvision's choice, picture by picture
+    shifted = torch.tensor(shifts, device=device)[owner]
     largest = torch.zeros(len(found), dtype=boxes.dtype, device=device).scatter_reduce_(
         0, owner, boxes.amax(dim=1), "amax", include_self=False)[owner]
     boxes = boxes + torch.where(shifted, label.to(boxes) * (largest + 1), torch.zeros_like(largest))[:, None]
-    if all(4 * n <= limit for n in found):
+    if all(shifts):
         group, sizes = owner, found  # one group a picture (the usual case)
     else:  # some picture's classes one by one (torchvision's loop over classes)
         key = owner * (label.max() + 2) + torch.where(shifted, -1, label) + 1
@@ -411,8 +412,7 @@ def _suppress_by_picture(boxes, scores, label, owner, found: list, threshold: fl
         sizes = sizes.tolist()
     order = scores.sort(descending=True, stable=True).indices
     order = order[group[order].sort(stable=True).indices]  # by group, by descending score within
-    starts = torch.tensor([0, *sizes[:-1]], device=device).cumsum(0)
-    slot = torch.arange(len(order), device=device) - starts[group[order]]
+    slot = torch.arange(len(order), device=device) - _starts(sizes, device)[group[order]]
     padded = boxes.new_zeros(len(sizes), max(sizes), 4)
     valid = torch.zeros(len(sizes), max(sizes), dtype=torch.bool, device=device)
     padded[group[order], slot], valid[group[order], slot] = boxes[order], True
@@ -421,10 +421,14 @@ def _suppress_by_picture(boxes, scores, label, owner, found: list, threshold: fl
     ranked = torch.where(kept, scores[order], torch.full_like(scores[order], -math.inf))
     by_score = ranked.sort(descending=True, stable=True).indices
     by_picture = by_score[owner[order][by_score].sort(stable=True).indices]
-    picture_starts = torch.tensor([0, *found[:-1]], device=device).cumsum(0)
-    rank = torch.arange(len(order), device=device) - picture_starts[owner[order][by_picture]]
+    rank = torch.arange(len(order), device=device) - _starts(found, device)[owner[order][by_picture]]
     chosen = kept[by_picture] & ((rank < topk) if topk >= 0 else True)
     return order[by_picture][chosen]
+
+
+def _starts(counts: list, device):
+    """Where each of consecutive blocks of ``counts`` elements starts."""
+    return torch.tensor([0, *counts[:-1]], dtype=torch.long, device=device).cumsum(0)
 
 
 def use_batched_heads(model) -> list:
