@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -91,7 +93,9 @@ def main(argv=None) -> int:
     result = train(settings, [WeightAverage(args.ema)] if args.ema else [])
     seconds = time.perf_counter() - started
     speed = re.findall(r"Overall training speed: .*\(([\d.]+) s / it\)", (Path(settings.output_dir) / "log.txt").read_text())
-    row = {"tag": args.tag, "opts": args.opts, "ema": args.ema, "max_iter": args.max_iter, "ims": args.ims, "threads": torch.get_num_threads(),
+    row = {"command": "python benchmarks/cpu_recipe.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "date": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(), "processor": _processor(),
+           "torch": torch.__version__, "seed": args.seed, "tag": args.tag, "opts": args.opts, "ema": args.ema, "max_iter": args.max_iter, "ims": args.ims, "threads": torch.get_num_threads(),
            "cpu_processes": args.cpu_processes,
            "seconds": round(seconds, 1), "s_per_iter": float(speed[-1]) if speed else None,
            **{f"{task}/{k}": round(v, 2) for task, values in result.metrics.items() for k, v in values.items()
@@ -101,6 +105,16 @@ def main(argv=None) -> int:
         f.write(json.dumps(row) + "\n")
     print(json.dumps({k: row[k] for k in ("tag", "seconds", "s_per_iter", "bbox/AP", "segm/AP") if k in row}))
     return 0
+
+
+def _processor() -> str:
+    """The CPU's model name (runs differ by machine)."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+
+        return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

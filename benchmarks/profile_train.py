@@ -23,8 +23,15 @@ import cProfile
 import json
 import pstats
 import statistics
+import sys
 import time
 from pathlib import Path
+
+
+# bench_train.py's GPU runs clip gradients (from random weights, lr 0.02 diverges without it); the
+# CPU recipe (AdamW) does not, so a CPU profile (--gpus 0) leaves its config as it is.
+GPU_CLIPPING = ["SOLVER.CLIP_GRADIENTS.ENABLED", "True", "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "norm",
+                "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "1.0"]
 
 
 def main(argv=None) -> int:
@@ -47,15 +54,14 @@ def main(argv=None) -> int:
     import torch
     from detectron2.utils.events import EventStorage
 
+    from bench_train import _device
     from d2nb.train import Trainer, TrainSettings, build_config
 
     height, width = map(int, args.size.split("x"))
     settings = TrainSettings(gpus=args.gpus, output_dir="/tmp/d2nb-profile", config=args.config, weights="none",
                              ims_per_batch=args.ims, max_iter=10_000, fast=args.fast, monitor=False,
                              synthetic_size=[height, width], checkpoint_period=10**9,
-                             opts=["DATASETS.TEST", "()", "SOLVER.CLIP_GRADIENTS.ENABLED", "True",
-                                   "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "norm", "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "1.0",
-                                   *args.opts])
+                             opts=["DATASETS.TEST", "()", *(GPU_CLIPPING if args.gpus else []), *args.opts])
     cfg = build_config(settings)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
@@ -81,7 +87,9 @@ def main(argv=None) -> int:
         stages = _time_stages(trainer, args.stages, sync) if args.stages else None
     steps = times[args.warmup:]
     label = " ".join(["fast" if args.fast else "fp32", *args.opts])
-    report = {"label": label, "ims": args.ims, "size": args.size, "s_iter_mean": statistics.mean(steps),
+    report = {"command": "python benchmarks/profile_train.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "device": {**_device(), "threads": torch.get_num_threads()}, "config": args.config,
+              "label": label, "ims": args.ims, "size": args.size, "s_iter_mean": statistics.mean(steps),
               "s_iter_median": statistics.median(steps), "steps": len(steps), "cprofile": not args.no_cprofile,
               "workers": cfg.DATALOADER.NUM_WORKERS, "data_time_ms_median": 1e3 * statistics.median(waits)}
     print(f"PROFILE {label}: {statistics.mean(steps):.4f} s/iter (median {statistics.median(steps):.4f}) "
@@ -106,6 +114,14 @@ def main(argv=None) -> int:
             report["host_wait_calls_per_step"] = {e.key: e.count / args.iters for e in syncs}
             print(f"GPU kernels {gpu_total:.1f} ms per step; host waits {report['host_waits_ms_per_step']}, "
                   f"calls {report['host_wait_calls_per_step']}", flush=True)
+        else:  # the CPU: operators by their own time, and how many operators a step runs
+            rows = sorted(averages, key=lambda e: e.self_cpu_time_total, reverse=True)
+            report["operators_per_step"] = sum(e.count for e in averages) / args.iters
+            report["operators_self_ms_per_step"] = sum(e.self_cpu_time_total for e in averages) / 1e3 / args.iters
+            report["top_operators_ms_per_step"] = {e.key[:90]: e.self_cpu_time_total / 1e3 / args.iters
+                                                   for e in rows[:args.top]}
+            print(f"{report['operators_per_step']:.0f} operators a step, their own time "
+                  f"{report['operators_self_ms_per_step']:.1f} ms of {1e3 * statistics.mean(steps):.1f} ms", flush=True)
     if stages is not None:
         report["stages_ms"] = stages
         total = stages["step"]
