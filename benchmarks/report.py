@@ -304,6 +304,8 @@ def cpu_default_section(path: Path, rows: list) -> list:
         ok = r["seconds"] <= CPU_DEFAULT[0] and min(r["bbox/AP"], r["segm/AP"]) >= CPU_DEFAULT[1]
         lines.append(f"| {r['date']} | `{r['command']}` | {r['seconds']:.1f} | {r['s_per_iter']} | {r['bbox/AP']:.2f} | "
                      f"{r['segm/AP']:.2f} | {_met(ok)} |")
+    notes = sorted({r["note"] for r in rows if r.get("note")})
+    lines += [""] + [f"Note: {note}." for note in notes] if notes else []
     seconds = [r["seconds"] for r in rows]
     lines += ["", f"Spread of {len(rows)} runs: {min(seconds):.0f} to {max(seconds):.0f} s; bbox AP "
                   f"{min(r['bbox/AP'] for r in rows):.2f} to {max(r['bbox/AP'] for r in rows):.2f}, mask AP "
