@@ -95,7 +95,9 @@ def main(argv=None) -> int:
     speed = re.findall(r"Overall training speed: .*\(([\d.]+) s / it\)", (Path(settings.output_dir) / "log.txt").read_text())
     row = {"command": "python benchmarks/cpu_recipe.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "date": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(), "processor": _processor(),
-           "torch": torch.__version__, "seed": args.seed, "tag": args.tag, "num_train": spec.num_train, "num_val": spec.num_val, "opts": args.opts, "ema": args.ema, "max_iter": args.max_iter, "ims": args.ims, "threads": torch.get_num_threads(),
+           "torch": torch.__version__, "seed": args.seed, "tag": args.tag, "num_train": spec.num_train,
+           "num_val": spec.num_val, "opts": args.opts, "ema": args.ema, "max_iter": args.max_iter, "ims": args.ims,
+           "threads": torch.get_num_threads(),
            "cpu_processes": args.cpu_processes,
            "seconds": round(seconds, 1), "s_per_iter": float(speed[-1]) if speed else None,
            **{f"{task}/{k}": round(v, 2) for task, values in result.metrics.items() for k, v in values.items()
