@@ -180,6 +180,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-graphs", action="store_true", help="also d2nb (float32 and AMP) without CUDA graphs")
     parser.add_argument("--per-picture-post", action="store_true",
                         help="also d2nb AMP with detectron2's box inference and detector_postprocess picture by picture")
+    parser.add_argument("--strict-heads", action="store_true",
+                        help="also d2nb AMP with the heads' matrix products in strict float32 (no TF32)")
+    parser.add_argument("--dump", default=None, help="every pipeline's detections, as JSON (bench_inference --dump)")
+    parser.add_argument("--profile", action="store_true", help="cProfile and torch.profiler over one AMP pass")
     parser.add_argument("--passes", type=int, default=5)
     parser.add_argument("--train-ims", type=int, default=16)
     parser.add_argument("--train-iters", type=int, default=50)
@@ -207,7 +211,8 @@ def main(argv=None) -> dict:
             Path(args.out).write_text(json.dumps({**data, "inference": {"ceiling": ceiling}}, indent=1))
         ours = bench_inference.bench_predict(argparse.Namespace(
             size=args.size, images=args.images, weights=args.weights, config=args.config, device=DEVICE,
-            score_floor=0.05, batch=args.batch, threshold=0.5, passes=args.passes, dump=None, profile=False, top=0,
+            score_floor=0.05, batch=args.batch, threshold=0.5, passes=args.passes, dump=args.dump, profile=args.profile,
+            top=30, strict_heads=args.strict_heads,
             amp_batches=args.amp_batches, cpu_resize=args.cpu_resize, no_graphs=args.no_graphs,
             per_picture_post=args.per_picture_post))
         best = max(v["images_s"] for v in ceiling.values())

@@ -141,6 +141,12 @@ def bench_predict(args) -> dict:
             before._per_picture_post = True
             for batch in sorted({args.batch, *[int(b) for b in str(getattr(args, "amp_batches", "") or "").split(",") if b]}):
                 variants[f"batch{batch}_amp_per_picture_post"] = (before, batch, False)
+        if getattr(args, "strict_heads", False):  # AMP's float16 backbone, the heads without TF32
+            torch.manual_seed(0)                    # (Predictor(amp=True) turns TF32 matmul on for them)
+            strict_heads = Predictor(args.config, weights, device=args.device, amp=True, score_floor=args.score_floor)
+            strict_heads.amp = False  # only tf32_matmul reads it after construction
+            for batch in sorted({args.batch, *[int(b) for b in str(getattr(args, "amp_batches", "") or "").split(",") if b]}):
+                variants[f"batch{batch}_amp_strict_heads"] = (strict_heads, batch, False)
         if getattr(args, "cpu_resize", False):  # d2nb as it was: pictures resized on the CPU
             torch.manual_seed(0)
             before = Predictor(args.config, weights, device=args.device, amp=True, score_floor=args.score_floor)
@@ -218,7 +224,9 @@ def bench_predict(args) -> dict:
                                       "classes": t.pred_classes.numpy().tolist()} for t in theirs]
         Path(args.dump).write_text(json.dumps(dump))
     if args.profile:
-        profile_variant(run_variant, f"batch{args.batch}_amp" if on_gpu else f"batch{args.batch}", args.top)
+        amp_runs = [name for name in variants if name.endswith("_amp")]  # the largest batch's
+        profile_variant(run_variant, max(amp_runs, key=lambda n: variants[n][1]) if amp_runs else f"batch{args.batch}",
+                        args.top)
     return result
 
 
