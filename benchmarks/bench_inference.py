@@ -201,13 +201,16 @@ def bench_predict(args) -> dict:
             strict, _ = run_baseline()
         finally:
             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn_tf32, matmul_tf32
+    missed = {}  # per pipeline: DefaultPredictor's detections it did not find, and its nearest
     result = {"config": predictor.choice.label, "device": predictor.device, "pictures": args.images,
               "size": args.size, "batch": args.batch, "score_floor": args.score_floor, "passes": args.passes,
               "default_predictor_threshold": args.threshold, "default_predictor_instances": sum(len(t) for t in theirs),
               "images_s": {name: len(pictures) / statistics.median(spent) for name, spent in seconds.items()},
               "images_s_every_pass": {name: [round(len(pictures) / s, 2) for s in spent] for name, spent in seconds.items()},
               "detections_per_picture": {name: sum(map(len, found)) / len(found) for name, found in outputs.items()},
-              "same_detections": {name: same_detections(found, theirs) for name, found in outputs.items()}}
+              "same_detections": {name: same_detections(found, theirs, misses=missed.setdefault(name, []))
+                                  for name, found in outputs.items()},
+              "missed_detections": missed}
     if strict is not None:
         result["default_predictor_tf32_vs_float32"] = {
             "same_detections": same_detections(_as_predictions(strict), theirs),
@@ -265,28 +268,38 @@ def _as_predictions(instances: list) -> list:
     return [_Found(t) for t in instances]
 
 
-def same_detections(ours: list, theirs: list, min_iou: float = 0.9, max_score_gap: float = 0.02) -> float:
+def same_detections(ours: list, theirs: list, min_iou: float = 0.9, max_score_gap: float = 0.02,
+                    misses: list | None = None) -> float:
     """Share of DefaultPredictor's instances that d2nb also found: same class, box IoU at
-    least ``min_iou`` and a score within ``max_score_gap`` (greedy, best score first)."""
+    least ``min_iou`` and a score within ``max_score_gap`` (greedy, best score first). With
+    ``misses`` (a list), each instance not found is appended to it: its picture, score and
+    class, and d2nb's best-overlapping detection's IoU, score and class."""
     from detectron2.structures import Boxes, pairwise_iou
 
     import torch
 
     total = matched = 0
-    for prediction, instances in zip(ours, theirs):
+    for picture, (prediction, instances) in enumerate(zip(ours, theirs)):
         total += len(instances)
-        if not len(instances) or not len(prediction):
+        if not len(instances):
             continue
-        iou = pairwise_iou(instances.pred_boxes, Boxes(torch.as_tensor(prediction.boxes))).numpy()
-        same = ((instances.pred_classes.numpy()[:, None] == prediction.classes[None, :])
-                & (np.abs(instances.scores.numpy()[:, None] - prediction.scores[None, :]) <= max_score_gap)
-                & (iou >= min_iou))
+        scores, classes = instances.scores.numpy(), instances.pred_classes.numpy()
+        iou = (pairwise_iou(instances.pred_boxes, Boxes(torch.as_tensor(prediction.boxes))).numpy()
+               if len(prediction) else np.zeros((len(instances), 0)))
+        same = ((classes[:, None] == prediction.classes[None, :])
+                & (np.abs(scores[:, None] - prediction.scores[None, :]) <= max_score_gap) & (iou >= min_iou))
         free = np.ones(len(prediction), bool)
-        for row in np.argsort(-instances.scores.numpy()):
+        for row in np.argsort(-scores):
             candidates = np.flatnonzero(same[row] & free)
             if len(candidates):
                 free[candidates[np.argmax(iou[row, candidates])]] = False
                 matched += 1
+            elif misses is not None:
+                best = int(np.argmax(iou[row])) if len(prediction) else None
+                misses.append({"picture": picture, "score": round(float(scores[row]), 4), "class": int(classes[row]),
+                               "d2nb_iou": None if best is None else round(float(iou[row, best]), 3),
+                               "d2nb_score": None if best is None else round(float(prediction.scores[best]), 4),
+                               "d2nb_class": None if best is None else int(prediction.classes[best])})
     return matched / total if total else float("nan")
 
 
