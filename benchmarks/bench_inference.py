@@ -121,7 +121,9 @@ def bench_predict(args) -> dict:
         amp = Predictor(args.config, weights, device=args.device, amp=True, score_floor=args.score_floor)
         variants[f"batch{args.batch}_amp"] = (amp, args.batch, False)
         variants[f"batch{args.batch}_autocast"] = (predictor, args.batch, True)
-        for batch in [int(b) for b in str(getattr(args, "amp_batches", "") or "").split(",") if b]:  # other sizes
+        other_batches = [int(b) for b in str(getattr(args, "amp_batches", "") or "").split(",") if b]
+        every_batch = sorted({args.batch, *other_batches})
+        for batch in other_batches:  # other sizes
             variants[f"batch{batch}"] = (predictor, batch, False)
             variants[f"batch{batch}_amp"] = (amp, batch, False)
         if getattr(args, "no_graphs", False):  # float32 and AMP without the backbone's CUDA graphs
@@ -131,7 +133,7 @@ def bench_predict(args) -> dict:
             torch.manual_seed(0)
             eager32 = Predictor(args.config, weights, device=args.device, score_floor=args.score_floor,
                                 cuda_graphs=False)
-            for batch in sorted({args.batch, *[int(b) for b in str(getattr(args, "amp_batches", "") or "").split(",") if b]}):
+            for batch in every_batch:
                 variants[f"batch{batch}_no_graphs"] = (eager32, batch, False)
                 variants[f"batch{batch}_amp_no_graphs"] = (eager, batch, False)
         if getattr(args, "per_picture_post", False):  # d2nb as it was: detectron2's box inference and
@@ -139,13 +141,13 @@ def bench_predict(args) -> dict:
             before = Predictor(args.config, weights, device=args.device, amp=True, score_floor=args.score_floor)
             vars(before.model.roi_heads.box_predictor).pop("inference", None)
             before._per_picture_post = True
-            for batch in sorted({args.batch, *[int(b) for b in str(getattr(args, "amp_batches", "") or "").split(",") if b]}):
+            for batch in every_batch:
                 variants[f"batch{batch}_amp_per_picture_post"] = (before, batch, False)
         if getattr(args, "strict_heads", False):  # AMP's float16 backbone, the heads without TF32
             torch.manual_seed(0)                    # (Predictor(amp=True) turns TF32 matmul on for them)
             strict_heads = Predictor(args.config, weights, device=args.device, amp=True, score_floor=args.score_floor)
             strict_heads.amp = False  # only tf32_matmul reads it after construction
-            for batch in sorted({args.batch, *[int(b) for b in str(getattr(args, "amp_batches", "") or "").split(",") if b]}):
+            for batch in every_batch:
                 variants[f"batch{batch}_amp_strict_heads"] = (strict_heads, batch, False)
         if getattr(args, "cpu_resize", False):  # d2nb as it was: pictures resized on the CPU
             torch.manual_seed(0)
