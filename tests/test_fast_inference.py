@@ -8,7 +8,7 @@ from detectron2.layers import Conv2d, FrozenBatchNorm2d, paste_masks_in_image
 from torchvision.ops import roi_align
 
 from d2nb.predict import postprocess
-from d2nb.predict.postprocess import crop_windows, paste_crops
+from d2nb.predict.postprocess import crop_windows, pack_bits, paste_crops, unpack_bits
 from d2nb.predict.precision import fold_norms, half_precision_backbone
 from d2nb.train.roi_align import ROIAlign, separable_roi_align, use_separable_roi_align
 
@@ -51,7 +51,8 @@ def test_cpu_training_models_use_the_separable_roi_align():
     assert use_separable_roi_align(build_model(cfg)) == len(poolers)
 
 
-def test_masks_pasted_inside_their_boxes_are_detectron2s_pasted_in_the_picture(monkeypatch):
+@pytest.mark.parametrize("packed", [False, True], ids=["as_bools", "packed_as_from_a_gpu"])
+def test_masks_pasted_inside_their_boxes_are_detectron2s_pasted_in_the_picture(monkeypatch, packed):
     generator = torch.Generator().manual_seed(0)
     height, width, count = 70, 90, 40
     corner = torch.rand(count, 2, generator=generator) * torch.tensor([width, height]) - 5
@@ -62,12 +63,23 @@ def test_masks_pasted_inside_their_boxes_are_detectron2s_pasted_in_the_picture(m
     probs[:4] = 1.0  # saturated masks reach the box edges
     expected = paste_masks_in_image(probs, boxes, (height, width)).numpy()
     monkeypatch.setattr(postprocess, "CANVAS_LIMIT", 20_000)  # several groups, as large pictures get
+    if packed:  # what bool_to_host does with a GPU's masks, less the pinned copy
+        monkeypatch.setattr(postprocess, "bool_to_host", lambda mask: unpack_bits(pack_bits(mask).numpy(), mask.shape[-1]))
     crops = paste_crops(probs, boxes, crop_windows(boxes.numpy(), height, width))
     for mask, (left, top, crop) in zip(expected, crops):
         pasted = np.zeros_like(mask)
         pasted[top:top + crop.shape[0], left:left + crop.shape[1]] = crop
         assert (pasted == mask).all()
     assert sum(crop.sum() for _, _, crop in crops) == expected.sum() > 0
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 13), (2, 4, 16), (1, 1, 1), (0, 3, 7), (4, 9, 250)])
+def test_masks_packed_eight_pixels_a_byte_are_numpys_packbits_and_come_back_whole(shape):
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(1)) > 0.5
+    packed = pack_bits(mask)
+    assert packed.dtype == torch.uint8 and np.array_equal(packed.numpy(), np.packbits(mask.numpy(), axis=-1))
+    back = unpack_bits(packed.numpy(), shape[-1])
+    assert back.dtype == bool and np.array_equal(back, mask.numpy())
 
 
 def test_folded_norms_compute_what_conv_then_norm_computed():

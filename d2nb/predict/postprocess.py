@@ -171,6 +171,34 @@ def paste_in_windows(mask_probs, boxes, windows: np.ndarray, threshold: float = 
     return pasted >= threshold
 
 
+def pack_bits(mask):
+    """A boolean tensor ``(..., W)`` as ``uint8`` ``(..., ceil(W / 8))`` on its device, eight
+    pixels a byte in ``numpy.packbits``'s order (the first pixel in the highest bit)."""
+    pad = -mask.shape[-1] % 8
+    if pad:
+        mask = torch.cat([mask, mask.new_zeros(*mask.shape[:-1], pad)], dim=-1)
+    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=mask.device)
+    return (mask.unflatten(-1, (-1, 8)).to(torch.uint8) * weights).sum(dim=-1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: np.ndarray, width: int) -> np.ndarray:
+    """``pack_bits``'s bytes, copied to the host, back as the boolean array ``(..., width)``."""
+    return np.unpackbits(packed, axis=-1, count=width).view(bool)
+
+
+def bool_to_host(mask) -> np.ndarray:
+    """A boolean tensor as a numpy array. From a GPU it comes packed eight pixels a byte into
+    pinned memory: an eighth of the bytes, and no staging copy (the profile of a batch of 16 had
+    a fifth of its GPU time in copies of pasted masks to pageable memory)."""
+    if mask.device.type != "cuda":
+        return mask.cpu().numpy()
+    packed = pack_bits(mask)
+    host = torch.empty(packed.shape, dtype=torch.uint8, pin_memory=True)
+    host.copy_(packed, non_blocking=True)
+    torch.cuda.current_stream(mask.device).synchronize()
+    return unpack_bits(host.numpy(), mask.shape[-1])
+
+
 def paste_crops(mask_probs, boxes, windows: np.ndarray, threshold: float = 0.5) -> list:
     """``[(left, top, bool crop)]`` per instance: ``mask_probs`` ``(N, M, M)`` and their ``boxes``
     ``(N, 4)`` (tensors on the model's device) pasted into ``windows`` (``crop_windows``), in
@@ -189,7 +217,7 @@ def paste_crops(mask_probs, boxes, windows: np.ndarray, threshold: float = 0.5) 
             stop += 1
         index = order[start:stop]
         selected = torch.as_tensor(index).to(mask_probs.device)
-        pasted = paste_in_windows(mask_probs[selected], boxes[selected], windows[index], threshold).cpu().numpy()
+        pasted = bool_to_host(paste_in_windows(mask_probs[selected], boxes[selected], windows[index], threshold))
         for row, i in enumerate(index):
             left, top, right, bottom = (int(v) for v in windows[i])
             crops[i] = (left, top, pasted[row, :bottom - top, :right - left].copy())
