@@ -330,7 +330,7 @@ def issue21_summary(files: dict) -> list:
              "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: |"]
     calls = sorted(((name, data) for name, data in files.items()
                     if name.startswith("ceiling") and "pipelines" in data.get("inference", {})),
-                   key=lambda item: item[1]["machine"]["date"], reverse=True)
+                   key=lambda item: (item[1]["machine"]["date"], item[0]), reverse=True)
     for name, data in calls:
         inference = data["inference"]
         ours = inference["pipelines"]
